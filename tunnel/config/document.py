@@ -1,0 +1,97 @@
+"""The raw document: YAML in, canonical JSON, content hash, credential redaction, YAML positions."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Mapping
+
+import yaml
+
+from tunnel.config.errors import ConfigError
+
+REDACTED = "<redacted>"
+
+
+def load_yaml(text: str) -> dict[str, Any]:
+    """Parse YAML (or JSON) text into a raw document; a syntax error becomes a ConfigError."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"<yaml>: {where}{problem}"]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(["<root>: must be a mapping"])
+    return doc
+
+
+def canonical_json(doc: Any) -> str:
+    """The canonical JSON text of a document: sorted keys, no spaces, ASCII only.
+
+    Raises ValueError for values JSON cannot hold (YAML dates, for instance).
+    """
+    try:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the document holds a value JSON cannot represent ({exc}); quote it") from None
+
+
+def content_hash(doc: Any) -> str:
+    """The content hash of a document: ``sha256:<hex>`` of its canonical JSON (key order ignored)."""
+    return "sha256:" + hashlib.sha256(canonical_json(doc).encode("ascii")).hexdigest()
+
+
+def redact_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``doc`` with every credential hash replaced by ``"<redacted>"``.
+
+    Covers ``basic_auth.credentials``, ``bearer_auth.tokens`` and each tunnel's ``metrics_token``;
+    the rest of the document is unchanged. Works on invalid documents too (it only looks).
+    """
+    out = copy.deepcopy(dict(doc))
+    tunnels = out.get("tunnels")
+    if not isinstance(tunnels, dict):
+        return out
+    for tunnel in tunnels.values():
+        if not isinstance(tunnel, dict):
+            continue
+        if "metrics_token" in tunnel and tunnel["metrics_token"] is not None:
+            tunnel["metrics_token"] = REDACTED
+        policy = tunnel.get("policy")
+        if not isinstance(policy, dict):
+            continue
+        for phase in ("on_request", "on_response"):
+            rules = policy.get(phase)
+            for rule in rules if isinstance(rules, list) else ():
+                actions = rule.get("actions") if isinstance(rule, dict) else None
+                for action in actions if isinstance(actions, list) else ():
+                    if not isinstance(action, dict):
+                        continue
+                    for kind, field in (("basic_auth", "credentials"), ("bearer_auth", "tokens")):
+                        params = action.get(kind)
+                        if isinstance(params, dict) and field in params:
+                            secrets = params[field]
+                            params[field] = [REDACTED] * len(secrets) if isinstance(secrets, list) else REDACTED
+    return out
+
+
+def yaml_line(text: str, path: list[str | int]) -> int | None:
+    """The 1-based line where the node at ``path`` (keys and list indexes) starts in YAML ``text``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((val for key, val in node.value if key.value == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            node = None
+        if node is None:
+            return None
+    return node.start_mark.line + 1
