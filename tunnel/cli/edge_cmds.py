@@ -3,7 +3,292 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+
+from tunnel.cli.admin_client import AdminError, add_admin_arguments, call
+from tunnel.errors import HandshakeRefused
+from tunnel.runtime import DEFAULT_DATA_DIR, run
+
+log = logging.getLogger("tunnel")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the edge, connector and tunnel-management commands."""
+    p = subparsers.add_parser("edge", help="run an edge", description="Run an edge: public, connector and admin listeners.")
+    p.add_argument("--public", default="127.0.0.1:8080", help="public HTTP listener H:P (default %(default)s)")
+    p.add_argument("--connectors", default="127.0.0.1:8081", help="connector WebSocket listener H:P (default %(default)s)")
+    p.add_argument("--admin", default="127.0.0.1:8082", help="admin API listener H:P (default %(default)s)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default %(default)s)")
+    p.add_argument("--admin-token", default=os.environ.get("TUNNEL_ADMIN_TOKEN"),
+                   help="admin token to accept (default: one is created in DATA_DIR/admin.token)")
+    _add_edge_limits(p)
+    p.set_defaults(func=cmd_edge)
+
+    p = subparsers.add_parser("connect", help="run a connector next to a local service",
+                              description="Connect a local service to an edge with a tunnel's token.")
+    p.add_argument("--edge", required=True, help="edge connector URL, e.g. ws://127.0.0.1:8081")
+    p.add_argument("--token", default=os.environ.get("TUNNEL_TOKEN"), help="the tunnel's connector token (env TUNNEL_TOKEN)")
+    p.add_argument("--url", required=True, help="local service, e.g. http://127.0.0.1:3000")
+    p.add_argument("--connections", type=int, default=2, help="connections to the edge (default %(default)s)")
+    p.add_argument("--origin-timeout", type=float, default=None, help="seconds to wait for the origin (default: the edge's)")
+    p.set_defaults(func=cmd_connect)
+
+    p = subparsers.add_parser("quick", help="expose a local URL through an embedded edge",
+                              description="Edge and connector in one process; prints the public URL.")
+    p.add_argument("url", help="local service, e.g. http://127.0.0.1:3000")
+    p.add_argument("--public", default="127.0.0.1:8080", help="public listener H:P (default %(default)s)")
+    p.add_argument("--hostname", help="public hostname (default: a random *.localhost name)")
+    _add_edge_limits(p)
+    p.set_defaults(func=cmd_quick)
+
+    p = subparsers.add_parser("demo", help="edge + connector + demo origin on 127.0.0.1",
+                              description="The main job on an embedded default: an edge, a connector and a demo origin.")
+    p.add_argument("--public", default="127.0.0.1:8080", help="public listener H:P (default %(default)s)")
+    p.add_argument("--hostname", default="demo.localhost", help="public hostname (default %(default)s)")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+
+    tunnels = subparsers.add_parser("tunnels", help="manage tunnels on an edge (admin API)")
+    tsub = tunnels.add_subparsers(dest="tunnels_command", metavar="COMMAND")
+    tsub.required = True
+    p = tsub.add_parser("create", help="create a tunnel; prints its connector token once")
+    p.add_argument("name")
+    p.add_argument("--hostname", action="append", required=True, help="hostname to bind (repeatable)")
+    add_admin_arguments(p)
+    p.set_defaults(func=cmd_tunnels_create)
+    p = tsub.add_parser("list", help="list tunnels with their live connections")
+    add_admin_arguments(p)
+    p.set_defaults(func=cmd_tunnels_list)
+    p = tsub.add_parser("delete", help="delete a tunnel and revoke its token")
+    p.add_argument("name")
+    add_admin_arguments(p)
+    p.set_defaults(func=cmd_tunnels_delete)
+    p = tsub.add_parser("token", help="connector tokens")
+    ttok = p.add_subparsers(dest="token_command", metavar="COMMAND")
+    ttok.required = True
+    p = ttok.add_parser("rotate", help="issue a new token; the old one stops working")
+    p.add_argument("name")
+    add_admin_arguments(p)
+    p.set_defaults(func=cmd_tunnels_rotate)
+
+
+def _add_edge_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-body-size", type=int, default=1 << 30, help="largest request body in bytes (default 1 GiB)")
+    p.add_argument("--origin-timeout", type=float, default=100.0,
+                   help="seconds an origin may take to answer before 504 (default %(default)s)")
+    p.add_argument("--grace-period", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="trust X-Forwarded-For from these peers (repeatable)")
+
+
+def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str):
+    from tunnel.edge.server import EdgeOptions, parse_hostport
+    return EdgeOptions(
+        data_dir=data_dir, public=parse_hostport(public), connectors=parse_hostport(connectors),
+        admin=parse_hostport(admin), admin_token=getattr(args, "admin_token", None),
+        max_body_size=getattr(args, "max_body_size", 1 << 30),
+        origin_timeout=getattr(args, "origin_timeout", 100.0) or 100.0,
+        grace_period=getattr(args, "grace_period", 30.0),
+        trusted_proxies=getattr(args, "trusted_proxy", []) or [])
+
+
+# ---------------------------------------------------------------------- long-running commands
+def cmd_edge(args) -> int:
+    from tunnel.edge.server import Edge
+
+    async def main(stop: asyncio.Event) -> int:
+        edge = Edge(_edge_options(args, args.data_dir, args.public, args.connectors, args.admin))
+        await edge.start()
+        if edge.admin_token:
+            print(f"admin token (saved in {os.path.join(args.data_dir, 'admin.token')}): {edge.admin_token}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await edge.stop()
+        return 0
+
+    return run(main)
+
+
+def cmd_connect(args) -> int:
+    from tunnel.connector.agent import Connector, ConnectorOptions
+    if not args.token:
+        print("error: --token (or TUNNEL_TOKEN) is required", file=sys.stderr)
+        return 2
+    try:
+        options = ConnectorOptions(edge=args.edge, token=args.token, url=args.url,
+                                   connections=max(1, args.connections), origin_timeout=args.origin_timeout)
+        connector = Connector(options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main(stop: asyncio.Event) -> int:
+        task = asyncio.create_task(connector.run())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        connector.stop()
+        waiter.cancel()
+        try:
+            await task
+        except HandshakeRefused as exc:
+            print(f"error: the edge refused this connector ({exc.code}): {exc.message}", file=sys.stderr)
+            return 3
+        return 0
+
+    return run(main)
+
+
+async def _embedded(args, url: str, hostname: str, public: str, announce) -> int:
+    """Edge and connector in one process, joined by a loopback WebSocket connection."""
+    from tunnel.connector.agent import Connector, ConnectorOptions
+    from tunnel.edge.server import Edge
+    data_dir = tempfile.mkdtemp(prefix="tunnel-quick-")
+    edge = Edge(_edge_options(args, data_dir, public, "127.0.0.1:0", "127.0.0.1:0"))
+    connector = None
+    task = None
+    try:
+        await edge.start()
+        token = edge.create_tunnel("quick", [hostname], author="quick")
+        connector = Connector(ConnectorOptions(edge=f"ws://127.0.0.1:{edge.connector_port}", token=token,
+                                               url=url, connections=1))
+        task = asyncio.create_task(connector.run())
+        await asyncio.wait_for(connector.registered.wait(), 10)
+        return await announce(edge)
+    finally:
+        if connector is not None:
+            connector.stop()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        await edge.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _public_url(edge, hostname: str, public: str) -> str:
+    port = edge.public_port
+    return f"http://{hostname}" + ("" if port == 80 else f":{port}")
+
+
+def cmd_quick(args) -> int:
+    from tunnel.connector.origin import Origin
+    try:
+        Origin.parse(args.url)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    hostname = (args.hostname or f"{secrets.token_hex(4)}.localhost").lower()
+
+    async def main(stop: asyncio.Event) -> int:
+        async def announce(edge) -> int:
+            url = _public_url(edge, hostname, args.public)
+            host = args.public.rpartition(":")[0] or "127.0.0.1"
+            print(f"Your quick tunnel is ready:\n  {url}  ->  {args.url}\n"
+                  f"Try:  curl {url}/\n  or:  curl -H 'Host: {hostname}' http://{host}:{edge.public_port}/\n"
+                  f"Press Ctrl-C to stop.", flush=True)
+            await stop.wait()
+            return 0
+        return await _embedded(args, args.url, hostname, args.public, announce)
+
+    return run(main)
+
+
+def cmd_demo(args) -> int:
+    from aiohttp import web
+
+    from tunnel.demo_origin import create_demo_origin
+
+    async def main(stop: asyncio.Event) -> int:
+        runner = web.AppRunner(create_demo_origin(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        origin_port = site._server.sockets[0].getsockname()[1]
+        origin = f"http://127.0.0.1:{origin_port}"
+
+        async def announce(edge) -> int:
+            url = _public_url(edge, args.hostname, args.public)
+            host = args.public.rpartition(":")[0] or "127.0.0.1"
+            print(f"tunnel demo is running\n"
+                  f"  edge:   public http://{host}:{edge.public_port}  (routes by Host)\n"
+                  f"  origin: {origin}  (the built-in demo origin)\n"
+                  f"  public URL: {url}/\n"
+                  f"Try:\n  curl {url}/headers\n"
+                  f"  curl -H 'Host: {args.hostname}' http://{host}:{edge.public_port}/headers\n"
+                  f"  curl -N {url}/sse\n"
+                  f"Press Ctrl-C to stop.", flush=True)
+            if args.duration:
+                try:
+                    await asyncio.wait_for(stop.wait(), args.duration)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await stop.wait()
+            return 0
+
+        try:
+            return await _embedded(args, origin, args.hostname, args.public, announce)
+        finally:
+            await runner.cleanup()
+
+    return run(main)
+
+
+# ---------------------------------------------------------------------- admin commands
+def _admin(args, method: str, path: str, body=None):
+    try:
+        return call(args, method, path, body)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_tunnels_create(args) -> int:
+    result = _admin(args, "POST", "/api/tunnels", {"name": args.name, "hostnames": args.hostname})
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"created tunnel {result['name']} for {', '.join(result['hostnames'])}\n"
+              f"connector token (shown once; keep it secret):\n{result['token']}\n"
+              f"run next to your service:\n  tunnel connect --edge ws://EDGE:8081 --token {result['token']} "
+              f"--url http://127.0.0.1:3000")
+    return 0
+
+
+def cmd_tunnels_list(args) -> int:
+    result = _admin(args, "GET", "/api/tunnels")
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'NAME':<20} {'CONNECTIONS':>11}  HOSTNAMES")
+        for t in result:
+            print(f"{t['name']:<20} {t['connections']:>11}  {', '.join(t['hostnames'])}")
+    return 0
+
+
+def cmd_tunnels_delete(args) -> int:
+    result = _admin(args, "DELETE", f"/api/tunnels/{args.name}")
+    if result is None:
+        return 1
+    print(json.dumps(result) if args.json else f"deleted tunnel {args.name} (config version {result['version']})")
+    return 0
+
+
+def cmd_tunnels_rotate(args) -> int:
+    result = _admin(args, "POST", f"/api/tunnels/{args.name}/token")
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"new connector token for {args.name} (the old one no longer works):\n{result['token']}")
+    return 0

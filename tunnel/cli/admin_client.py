@@ -1,0 +1,57 @@
+"""A tiny synchronous client of the edge's admin API, for the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tunnel.runtime import DEFAULT_DATA_DIR
+from tunnel.store import ADMIN_TOKEN_FILE
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8082"
+
+
+class AdminError(Exception):
+    """The admin API answered with an error, or could not be reached."""
+
+
+def add_admin_arguments(parser) -> None:
+    """The flags every admin command shares."""
+    parser.add_argument("--admin", default=os.environ.get("TUNNEL_ADMIN_URL", DEFAULT_ADMIN_URL),
+                        help="admin API URL (env TUNNEL_ADMIN_URL; default %(default)s)")
+    parser.add_argument("--admin-token", default=os.environ.get("TUNNEL_ADMIN_TOKEN"),
+                        help="admin token (env TUNNEL_ADMIN_TOKEN; default: read from DATA_DIR/admin.token)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="where to find admin.token when no token is given (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def call(args, method: str, path: str, body: Any = None) -> Any:
+    """Call the admin API; return the decoded JSON answer or raise AdminError."""
+    token = args.admin_token
+    if not token:
+        try:
+            token = (Path(args.data_dir) / ADMIN_TOKEN_FILE).read_text().strip()
+        except OSError:
+            raise AdminError(f"no admin token: pass --admin-token, set TUNNEL_ADMIN_TOKEN, or point "
+                             f"--data-dir at the edge's data directory") from None
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(args.admin.rstrip("/") + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except (ValueError, AttributeError):
+            message = exc.reason
+        raise AdminError(f"{exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminError(f"cannot reach the edge's admin API at {args.admin}: "
+                         f"{getattr(exc, 'reason', exc)}") from None

@@ -1,0 +1,1 @@
+"""The connector: dials the edge, serves tunnel streams against local origins."""

@@ -1,0 +1,222 @@
+"""The connector daemon (`tunnel connect`): N WebSocket connections to the edge, each serving
+streams against the local origin; reconnects forever on transient failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from tunnel.connector.exchange import OriginExchange
+from tunnel.connector.origin import Origin, OriginPool
+from tunnel.errors import HandshakeRefused
+from tunnel.protocol import Connection, Role, Settings
+from tunnel.protocol import events as ev
+from tunnel.protocol.frames import ErrorCode
+from tunnel.session import MAX_MESSAGE, Session
+
+log = logging.getLogger(__name__)
+
+AGENT = "tunnel-connector/0.1"
+WELCOME_TIMEOUT = 10.0
+
+
+@dataclass
+class ConnectorOptions:
+    """Settings of one connector (the flags of `tunnel connect`)."""
+
+    edge: str
+    token: str
+    url: str
+    connections: int = 2
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    origin_timeout: float | None = None  # None: use what the edge says
+
+
+class ConnectorSession(Session):
+    """One connection to the edge, as the connector sees it."""
+
+    def __init__(self, connector: "Connector", ws, index: int):
+        self.connector = connector
+        self.ws = ws
+        self.index = index
+        self.welcomed = asyncio.get_running_loop().create_future()
+        self.info: dict = {}
+        super().__init__(Connection(Role.CONNECTOR, Settings()), ws.send, self._messages(),
+                         name=f"edge-conn #{index}")
+
+    async def _messages(self):
+        async for message in self.ws:
+            if isinstance(message, str):
+                log.warning("%s: text message from the edge; closing", self.name)
+                return
+            yield message
+
+    def handle_event(self, event: ev.Event) -> None:
+        kind = type(event)
+        if kind is ev.RequestReceived:
+            self._on_request(event)
+        elif kind is ev.Welcomed:
+            self.info = event.info
+            if not self.welcomed.done():
+                self.welcomed.set_result(event.info)
+        elif kind is ev.Refused:
+            permanent = event.code in ("unauthorized", "unsupported-version")
+            if not self.welcomed.done():
+                self.welcomed.set_exception(HandshakeRefused(event.code, event.message, permanent))
+            self.close(f"refused: {event.code}")
+        elif kind is ev.GoAwayReceived:
+            log.info("%s: the edge is going away (%s); will reconnect", self.name, event.message)
+            self.connector.on_goaway(self)
+
+    def _on_request(self, event: ev.RequestReceived) -> None:
+        head = event.head
+        connector = self.connector
+        origin = connector.origin
+        if head.service is not None:
+            origin = connector.allowed_service(head.service)
+            if origin is None:
+                self.reset(event.stream_id, ErrorCode.SERVICE_NOT_ALLOWED,
+                           f"service {head.service} is not allowed for this connector")
+                return
+        timeout = connector.options.origin_timeout or float(self.info.get("origin_timeout") or 100.0)
+        exchange = OriginExchange(self, event.stream_id, head, event.end_stream, origin, connector.pool, timeout)
+        self.handlers[event.stream_id] = exchange
+        exchange.start()
+
+
+class Connector:
+    """Keeps ``options.connections`` connections to the edge and serves the origin through them.
+
+    ``run()`` returns only when ``stop()`` is called or the edge refuses permanently (then it
+    raises HandshakeRefused, whose message says what to do).
+    """
+
+    def __init__(self, options: ConnectorOptions):
+        self.options = options
+        self.origin = Origin.parse(options.url)
+        self.pool = OriginPool()
+        self.connector_id = uuid.uuid4().hex[:12]
+        self.sessions: dict[int, ConnectorSession] = {}
+        self.registered = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._fatal: HandshakeRefused | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def allowed_service(self, url: str) -> Origin | None:
+        """The origin for a service the edge asked for, if this connector may dial it."""
+        try:
+            origin = Origin.parse(url)
+        except ValueError:
+            return None
+        return origin if origin == self.origin else None
+
+    @property
+    def connected(self) -> int:
+        """Connections currently registered with the edge."""
+        return sum(1 for s in self.sessions.values() if s.welcomed.done() and not s.closed
+                   and s.welcomed.exception() is None)
+
+    async def run(self) -> None:
+        self._tasks = [asyncio.create_task(self._keep_connected(i), name=f"edge-conn-{i}")
+                       for i in range(self.options.connections)]
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.pool.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def on_goaway(self, session: ConnectorSession) -> None:
+        """The edge asked us to go: reconnect this slot once its streams are done."""
+        session.close("edge sent GOAWAY")
+
+    async def _keep_connected(self, index: int) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            served = False
+            try:
+                served = await self._connect_once(index)
+            except HandshakeRefused as exc:
+                if exc.permanent:
+                    log.error("the edge refused this connector: %s", exc.message)
+                    self._fatal = exc
+                    self._stop.set()
+                    return
+                log.warning("edge-conn #%d refused (%s); retrying", index, exc)
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                log.warning("edge-conn #%d: cannot reach the edge at %s: %s", index, self.options.edge,
+                            _describe(exc))
+            attempt = 0 if served else attempt + 1
+            delay = self._backoff(attempt)
+            log.info("edge-conn #%d: reconnecting in %.1f s (attempt %d)", index, delay, attempt + 1)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, initial * 2^attempt)), at least 0.1 s."""
+        if attempt == 0:
+            return random.uniform(0.1, self.options.backoff_initial)
+        ceiling = min(self.options.backoff_max, self.options.backoff_initial * (2 ** attempt))
+        return max(0.1, random.uniform(0, ceiling))
+
+    async def _connect_once(self, index: int) -> bool:
+        """Connect, register and serve until the connection ends; True if it was registered."""
+        async with ws_connect(self.options.edge, compression=None, max_size=2 * MAX_MESSAGE + (1 << 20),
+                              ping_interval=None, open_timeout=10, close_timeout=2,
+                              write_limit=2 * 1024 * 1024, user_agent_header=AGENT) as ws:
+            _tune_socket(ws)
+            session = ConnectorSession(self, ws, index)
+            self.sessions[index] = session
+            session.conn.send_hello(self.options.token, {"connector_id": self.connector_id, "agent": AGENT})
+            session.flush_soon()
+            runner = asyncio.create_task(session.run())
+            try:
+                info = await asyncio.wait_for(asyncio.shield(session.welcomed), WELCOME_TIMEOUT)
+            except BaseException:
+                session.close("handshake failed")
+                await asyncio.gather(runner, return_exceptions=True)
+                raise
+            log.info("edge-conn #%d registered: tunnel %s, hostnames %s (connection %s)", index,
+                     info.get("tunnel"), ", ".join(info.get("hostnames", [])), info.get("connection_id"))
+            self.registered.set()
+            try:
+                await runner
+            finally:
+                self.sessions.pop(index, None)
+            log.warning("edge-conn #%d lost: %s", index, session.close_reason)
+            return True
+
+
+def _tune_socket(ws) -> None:
+    sock = ws.transport.get_extra_info("socket") if ws.transport else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        return f"HTTP {exc.response.status_code} instead of a WebSocket handshake"
+    return str(exc) or type(exc).__name__

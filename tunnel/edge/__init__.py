@@ -1,0 +1,1 @@
+"""The edge: public HTTP listener, connector listener, admin API."""

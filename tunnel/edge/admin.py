@@ -1,0 +1,116 @@
+"""The admin listener: a token-protected JSON API used by the CLI, plus /ready.
+
+Routes (all JSON; ``Authorization: Bearer <admin token>`` except /ready):
+
+    GET    /ready                       200 {"status": "ready"} or 503 while starting/draining
+    GET    /api/tunnels                 [{"name", "hostnames", "connections"}]
+    POST   /api/tunnels                 {"name", "hostnames"} -> 201 {"name", "hostnames", "token"}
+    DELETE /api/tunnels/{name}          -> {"name", "deleted": true, "version"}
+    POST   /api/tunnels/{name}/token    -> {"name", "hostnames", "token"} (old token revoked)
+
+Errors are ``{"error": message}`` with 400/401/404/409.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from tunnel.errors import Conflict, NotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunnel.edge.server import Edge
+
+EDGE_KEY: web.AppKey["Edge"] = web.AppKey("admin-edge")
+AUTHOR_KEY = "tunnel.author"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path == "/ready":
+        return await handler(request)
+    edge = request.app[EDGE_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    name = edge.store.admin_name(token.strip()) if scheme.lower() == "bearer" and token else None
+    if name is None:
+        return _error(401, "missing or wrong admin token (use --admin-token or TUNNEL_ADMIN_TOKEN)")
+    request[AUTHOR_KEY] = name
+    return await handler(request)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    if edge.ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "draining" if edge.draining else "starting"}, status=503)
+
+
+async def _list_tunnels(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    return web.json_response(edge.list_tunnels())
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be JSON"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
+                                 content_type="application/json")
+    return body
+
+
+async def _create_tunnel(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    body = await _body(request)
+    name = body.get("name")
+    hostnames = body.get("hostnames")
+    if not isinstance(name, str) or not isinstance(hostnames, list) or not hostnames \
+            or not all(isinstance(h, str) for h in hostnames):
+        return _error(400, 'expected {"name": str, "hostnames": [str, ...]}')
+    try:
+        token = edge.create_tunnel(name, hostnames, author=request[AUTHOR_KEY])
+    except Conflict as exc:
+        return _error(409, str(exc))
+    return web.json_response({"name": name, "hostnames": edge.hostnames_of(name), "token": token}, status=201)
+
+
+async def _delete_tunnel(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    name = request.match_info["name"]
+    try:
+        version = edge.delete_tunnel(name, author=request[AUTHOR_KEY])
+    except NotFound as exc:
+        return _error(404, str(exc))
+    return web.json_response({"name": name, "deleted": True, "version": version})
+
+
+async def _rotate_token(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    name = request.match_info["name"]
+    try:
+        token = edge.rotate_token(name)
+    except NotFound as exc:
+        return _error(404, str(exc))
+    return web.json_response({"name": name, "hostnames": edge.hostnames_of(name), "token": token})
+
+
+def create_admin_app(edge: "Edge") -> web.Application:
+    """The aiohttp application behind ``--admin``."""
+    app = web.Application(middlewares=[_auth])
+    app[EDGE_KEY] = edge
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/api/tunnels", _list_tunnels)
+    app.router.add_post("/api/tunnels", _create_tunnel)
+    app.router.add_delete("/api/tunnels/{name}", _delete_tunnel)
+    app.router.add_post("/api/tunnels/{name}/token", _rotate_token)
+    return app

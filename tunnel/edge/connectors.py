@@ -1,0 +1,117 @@
+"""The edge's connector listener: connectors dial in over WebSocket (aiohttp) and authenticate
+with their tunnel's token in HELLO (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from tunnel.protocol import Connection, Role, Settings
+from tunnel.protocol import events as ev
+from tunnel.session import MAX_MESSAGE, Session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunnel.edge.server import Edge
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+EDGE_KEY: web.AppKey["Edge"] = web.AppKey("edge")
+
+
+class EdgeSession(Session):
+    """One connector connection as the edge sees it."""
+
+    def __init__(self, edge: "Edge", ws: web.WebSocketResponse, peer: str):
+        self.edge = edge
+        self.ws = ws
+        self.peer = peer
+        self.connection_id = uuid.uuid4().hex[:12]
+        self.tunnel: str | None = None
+        self.connector_id = ""
+        super().__init__(Connection(Role.EDGE, Settings()), ws.send_bytes, self._messages(),
+                         name=f"connector-conn {self.connection_id}")
+
+    async def _messages(self):
+        async for msg in self.ws:
+            if msg.type == WSMsgType.BINARY:
+                yield msg.data
+            else:
+                if msg.type == WSMsgType.TEXT:
+                    log.warning("%s: text message from %s; closing", self.name, self.peer)
+                return
+
+    def handle_event(self, event: ev.Event) -> None:
+        kind = type(event)
+        if kind is ev.ResponseReceived:
+            handler = self.handlers.get(event.stream_id)
+            if handler is not None:
+                handler.on_head(event.head, event.end_stream)
+        elif kind is ev.HelloReceived:
+            self._on_hello(event)
+        elif kind is ev.HandshakeFailed:
+            log.warning("refused connector at %s: %s", self.peer, event.message)
+            self.close(event.message)
+        elif kind is ev.GoAwayReceived:
+            log.info("tunnel %s: connector connection %s is going away (%s)", self.tunnel,
+                     self.connection_id, event.message or "drain")
+
+    def _on_hello(self, hello: ev.HelloReceived) -> None:
+        tunnel = self.edge.store.tunnel_for_token(hello.token)
+        if tunnel is None:
+            message = ("the token is not valid on this edge (unknown, rotated or its tunnel was deleted); "
+                       "get a new one with `tunnel tunnels token rotate NAME`")
+            log.warning("refused connector at %s: unknown or revoked token", self.peer)
+            self.conn.refuse("unauthorized", message)
+            self.close("refused: unauthorized")
+            return
+        self.tunnel = tunnel
+        self.connector_id = str(hello.info.get("connector_id", ""))[:64]
+        self.conn.accept({
+            "tunnel": tunnel,
+            "hostnames": self.edge.hostnames_of(tunnel),
+            "connection_id": self.connection_id,
+            "origin_timeout": self.edge.options.origin_timeout,
+        })
+        self.edge.registry.add(tunnel, self)
+        log.info("tunnel %s: connector %s connected from %s (connection %s)", tunnel,
+                 self.connector_id or "?", self.peer, self.connection_id)
+
+
+async def connector_handler(request: web.Request) -> web.StreamResponse:
+    """Accept one connector WebSocket and serve it until it closes."""
+    edge = request.app[EDGE_KEY]
+    if edge.draining:
+        return web.Response(status=503, text="edge is shutting down; reconnect shortly\n")
+    ws = web.WebSocketResponse(max_msg_size=2 * MAX_MESSAGE + 1024 * 1024, compress=False,
+                               autoping=True, heartbeat=None)
+    await ws.prepare(request)
+    peer = request.remote or "?"
+    session = EdgeSession(edge, ws, peer)
+    edge.sessions.add(session)
+    hello_timer = asyncio.get_running_loop().call_later(
+        HELLO_TIMEOUT, lambda: session.tunnel is None and session.close("no HELLO in time"))
+    try:
+        await session.run()
+    finally:
+        hello_timer.cancel()
+        edge.sessions.discard(session)
+        if session.tunnel is not None:
+            edge.registry.remove(session.tunnel, session)
+            log.info("tunnel %s: connector connection %s closed (%s)", session.tunnel,
+                     session.connection_id, session.close_reason)
+        await ws.close()
+    return ws
+
+
+def create_connector_app(edge: "Edge") -> web.Application:
+    """The aiohttp application behind ``--connectors``: one WebSocket endpoint."""
+    app = web.Application()
+    app[EDGE_KEY] = edge
+    app.router.add_get("/", connector_handler)
+    app.router.add_get("/connect", connector_handler)
+    return app

@@ -1,0 +1,162 @@
+"""The edge process: public, connector and admin listeners around one state store."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tunnel.config import parse_config
+from tunnel.edge.admin import create_admin_app
+from tunnel.edge.connectors import EdgeSession, create_connector_app
+from tunnel.edge.public import PublicProtocol, PublicSettings
+from tunnel.edge.registry import TunnelRegistry
+from tunnel.edge.routing import RoutingTable
+from tunnel.protocol.frames import ErrorCode
+from tunnel.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"H:P"``, ``":P"`` or ``"P"`` → (host, port); ``[::1]:P`` for IPv6."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+        return host, int(port)
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return default_host, int(value)
+    return host or default_host, int(port)
+
+
+@dataclass
+class EdgeOptions:
+    """Settings of one edge (the flags of `tunnel edge`)."""
+
+    data_dir: str
+    public: tuple[str, int] = ("127.0.0.1", 8080)
+    connectors: tuple[str, int] = ("127.0.0.1", 8081)
+    admin: tuple[str, int] = ("127.0.0.1", 8082)
+    admin_token: str | None = None
+    max_body_size: int = 1 << 30
+    origin_timeout: float = 100.0
+    grace_period: float = 30.0
+    trusted_proxies: list[str] = field(default_factory=list)
+
+
+class Edge:
+    """A running edge. ``start()`` binds the three listeners; ``stop()`` closes them.
+
+    After ``start()``, ``public_port``, ``connector_port`` and ``admin_port`` hold the bound
+    ports (useful with port 0), and ``admin_token`` holds a token created on first start.
+    """
+
+    def __init__(self, options: EdgeOptions):
+        self.options = options
+        self.store = Store(options.data_dir)
+        self.registry = TunnelRegistry()
+        self.sessions: set[EdgeSession] = set()
+        self.public_settings = PublicSettings(
+            routing=RoutingTable(), registry=self.registry, max_body_size=options.max_body_size,
+            trusted_proxies=[ipaddress.ip_network(c, strict=False) for c in options.trusted_proxies])
+        self.ready = False
+        self.draining = False
+        self.admin_token: str | None = None
+        self.public_port = self.connector_port = self.admin_port = 0
+        self._public_server: asyncio.AbstractServer | None = None
+        self._runners: list[web.AppRunner] = []
+        self._hostnames: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load state, bind the listeners, and begin serving."""
+        self.admin_token = self.store.ensure_admin_token(self.options.admin_token)
+        self._apply(self.store.active_document())
+        loop = asyncio.get_running_loop()
+        host, port = self.options.public
+        self._public_server = await loop.create_server(
+            lambda: PublicProtocol(self.public_settings), host, port, backlog=1024, reuse_address=True)
+        self.public_port = self._public_server.sockets[0].getsockname()[1]
+        self.connector_port = await self._serve(create_connector_app(self), self.options.connectors)
+        self.admin_port = await self._serve(create_admin_app(self), self.options.admin)
+        self.ready = True
+        log.info("edge ready: public http://%s:%d, connectors ws://%s:%d, admin http://%s:%d",
+                 host, self.public_port, self.options.connectors[0], self.connector_port,
+                 self.options.admin[0], self.admin_port)
+
+    async def _serve(self, app: web.Application, where: tuple[str, int]) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, where[0], where[1], reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        """Close every listener and connection."""
+        self.ready = False
+        self.draining = True
+        if self._public_server is not None:
+            self._public_server.close()
+        for session in list(self.sessions):
+            session.conn.goaway(ErrorCode.SHUTDOWN, "edge shutting down; reconnect")
+            session.flush_soon()
+            session.close("edge shutting down")
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._public_server is not None:
+            try:
+                await asyncio.wait_for(self._public_server.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+        self.store.close()
+
+    # ------------------------------------------------------------------ config and tunnels
+    def _apply(self, document: dict[str, Any]) -> None:
+        config = parse_config(document)
+        self._hostnames = {name: list(t.hostnames) for name, t in config.tunnels.items()}
+        self.public_settings.routing = RoutingTable(self._hostnames)
+        for tunnel in list(self._connected_tunnels()):
+            if tunnel not in self._hostnames:
+                self.disconnect_tunnel(tunnel, "tunnel deleted")
+
+    def _connected_tunnels(self) -> set[str]:
+        return {s.tunnel for s in self.sessions if s.tunnel is not None}
+
+    def hostnames_of(self, tunnel: str) -> list[str]:
+        return list(self._hostnames.get(tunnel, []))
+
+    def list_tunnels(self) -> list[dict[str, Any]]:
+        return [{"name": name, "hostnames": hosts, "connections": self.registry.connections(name)}
+                for name, hosts in sorted(self._hostnames.items())]
+
+    def create_tunnel(self, name: str, hostnames: list[str], author: str) -> str:
+        """Add a tunnel (new config version) and return its connector token."""
+        version, token = self.store.create_tunnel(name, hostnames, author)
+        self._apply(version.document)
+        return token
+
+    def delete_tunnel(self, name: str, author: str) -> int:
+        """Remove a tunnel (new config version), closing its connections; return the version."""
+        version = self.store.delete_tunnel(name, author)
+        self._apply(version.document)
+        return version.version
+
+    def rotate_token(self, name: str) -> str:
+        """Issue a new token for ``name`` and close connections that used the old one."""
+        token = self.store.rotate_token(name)
+        self.disconnect_tunnel(name, "token rotated")
+        return token
+
+    def disconnect_tunnel(self, tunnel: str, reason: str) -> None:
+        for session in list(self.registry.sessions(tunnel)):
+            self.registry.remove(tunnel, session)
+            session.conn.goaway(ErrorCode.PROTOCOL_ERROR if reason == "token rotated" else ErrorCode.NO_ERROR,
+                                f"revoked: {reason}")
+            session.flush_soon()
+            session.close(reason)

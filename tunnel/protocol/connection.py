@@ -1,0 +1,489 @@
+"""The tunnel protocol state machine (PROTOCOL.md §4–§6), sans-I/O.
+
+A ``Connection`` takes whole WebSocket messages in (``receive``), hands events out, and queues
+the bytes to send (``data_to_send``). It never touches a socket, a clock or asyncio.
+
+Everything that changes connection or stream state lives in this module: the handshake, the
+stream table with its transition table below, and both directions of per-stream credit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunnel.errors import ProtocolError
+from tunnel.protocol import frames as F
+from tunnel.protocol.events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    HandshakeFailed,
+    HelloReceived,
+    PingAcknowledged,
+    Refused,
+    RequestReceived,
+    ResponseReceived,
+    StreamReset,
+    Welcomed,
+    WindowUpdated,
+)
+from tunnel.protocol.messages import RequestHead, ResponseHead, decode_document, encode_document
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+DEFAULT_WINDOW = 1024 * 1024
+DEFAULT_MAX_STREAMS = 1024
+
+
+class Role(enum.Enum):
+    EDGE = "edge"  # accepts connectors, opens streams (odd ids)
+    CONNECTOR = "connector"  # dials the edge, answers streams
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class StreamState(enum.Enum):
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half-closed-local"  # we sent END_STREAM
+    HALF_CLOSED_REMOTE = "half-closed-remote"  # the peer sent END_STREAM
+    CLOSED = "closed"
+
+
+# (state, transition) -> next state. RST in either direction closes from any state.
+_STREAM_TRANSITIONS = {
+    (StreamState.OPEN, "send_end"): StreamState.HALF_CLOSED_LOCAL,
+    (StreamState.OPEN, "recv_end"): StreamState.HALF_CLOSED_REMOTE,
+    (StreamState.HALF_CLOSED_LOCAL, "recv_end"): StreamState.CLOSED,
+    (StreamState.HALF_CLOSED_REMOTE, "send_end"): StreamState.CLOSED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one side is willing to receive; exchanged in HELLO and WELCOME (PROTOCOL.md §4.1)."""
+
+    initial_window: int = DEFAULT_WINDOW
+    max_frame_size: int = F.DEFAULT_MAX_FRAME
+    max_streams: int = DEFAULT_MAX_STREAMS
+
+    def to_dict(self) -> dict[str, int]:
+        return {"initial_window": self.initial_window, "max_frame_size": self.max_frame_size,
+                "max_streams": self.max_streams}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Settings":
+        if not isinstance(raw, dict):
+            raise ProtocolError("settings must be an object")
+        values = {}
+        for name, low, high in (("initial_window", 1024, 0x7FFFFFFF),
+                                ("max_frame_size", 1024, F.ABSOLUTE_MAX_FRAME),
+                                ("max_streams", 1, 1 << 20)):
+            value = raw.get(name, getattr(cls, name))
+            if type(value) is not int or not low <= value <= high:
+                raise ProtocolError(f"setting {name}={value!r} out of range [{low}, {high}]")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: int
+    send_window: int
+    recv_window: int
+    state: StreamState = StreamState.OPEN
+    head_received: bool = False
+    unacked: int = 0
+
+    def move(self, transition: str) -> None:
+        try:
+            self.state = _STREAM_TRANSITIONS[(self.state, transition)]
+        except KeyError:
+            raise ProtocolError(f"stream {self.stream_id}: {transition} in state {self.state.value}") from None
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """Queued frames; ``ends`` records where each frame ends so messages hold whole frames."""
+
+    parts: list[bytes] = field(default_factory=list)
+    ends: list[tuple[int, int]] = field(default_factory=list)  # (parts index, cumulative size)
+    size: int = 0
+
+    def add(self, *chunks: bytes) -> None:
+        """Queue one frame given as one or more byte strings."""
+        for chunk in chunks:
+            self.parts.append(chunk)
+            self.size += len(chunk)
+        self.ends.append((len(self.parts), self.size))
+
+    def take(self, limit: int | None) -> bytes:
+        """Remove and return whole frames: all of them, or as few as exceed ``limit``."""
+        if limit is None or self.size <= limit:
+            data = b"".join(self.parts)
+            self.parts, self.ends, self.size = [], [], 0
+            return data
+        for index, (part_end, cumulative) in enumerate(self.ends):
+            if cumulative >= limit:
+                break
+        data = b"".join(self.parts[:part_end])
+        del self.parts[:part_end]
+        self.ends = [(p - part_end, c - cumulative) for p, c in self.ends[index + 1:]]
+        self.size -= cumulative
+        return data
+
+
+class Connection:
+    """One end of a tunnel connection.
+
+    ``role`` decides who opens streams (the edge) and who answers them (the connector).
+    ``settings`` is what this side is willing to receive. Methods that send queue frames; call
+    ``data_to_send`` to collect them as one message. ``receive`` raises ProtocolError for any
+    violation after queueing a GOAWAY that says why; the caller then sends what is queued and
+    closes the WebSocket.
+    """
+
+    def __init__(self, role: Role, settings: Settings | None = None):
+        self.role = role
+        self.local = settings or Settings()
+        self.remote = Settings()
+        self.state = State.HANDSHAKE
+        self.version: int | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.goaway_received = False
+        self.goaway_sent = False
+        self._next_stream_id = 1
+        self._highest_remote_id = 0
+        self._out = _Outbox()
+
+    # ------------------------------------------------------------------ output
+    @property
+    def outbound_size(self) -> int:
+        """Bytes queued and not yet collected by ``data_to_send``."""
+        return self._out.size
+
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """Return queued frames as one message body (empty when nothing is queued).
+
+        With ``limit``, stop after the first frame that reaches it, so a message holds whole
+        frames and is at most ``limit`` plus one frame long; call again for the rest.
+        """
+        if not self._out.parts:
+            return b""
+        return self._out.take(limit)
+
+    # ------------------------------------------------------------------ handshake
+    def send_hello(self, token: str, info: dict[str, Any] | None = None) -> None:
+        """Connector: introduce ourselves (PROTOCOL.md §4.1)."""
+        self._require_role(Role.CONNECTOR)
+        doc = dict(info or {})
+        doc.update(versions=list(SUPPORTED_VERSIONS), token=token, settings=self.local.to_dict())
+        self._out.add(F.encode(F.FrameType.HELLO, 0, 0, encode_document(doc)))
+
+    def accept(self, info: dict[str, Any] | None = None) -> None:
+        """Edge: accept the HELLO just received; the connection is open."""
+        self._require_role(Role.EDGE)
+        doc = dict(info or {})
+        doc.update(version=self.version, settings=self.local.to_dict())
+        self._out.add(F.encode(F.FrameType.WELCOME, 0, 0, encode_document(doc)))
+        self.state = State.OPEN
+
+    def refuse(self, code: str, message: str) -> None:
+        """Edge: refuse the HELLO just received; the connection is closed."""
+        self._require_role(Role.EDGE)
+        self._out.add(F.encode(F.FrameType.REFUSE, 0, 0, encode_document({"code": code, "message": message})))
+        self.state = State.CLOSED
+
+    # ------------------------------------------------------------------ streams (sending)
+    def can_open_stream(self) -> bool:
+        """Whether a new stream may be opened now (open, no GOAWAY, under the peer's limit)."""
+        return (self.state is State.OPEN and not self.goaway_received and not self.goaway_sent
+                and len(self.streams) < self.remote.max_streams)
+
+    def open_stream(self, head: RequestHead, end_stream: bool = False) -> int:
+        """Edge: open a stream with a request head; return its id."""
+        self._require_role(Role.EDGE)
+        if not self.can_open_stream():
+            raise ProtocolError("cannot open a stream now", code=F.ErrorCode.REFUSED_STREAM)
+        stream_id = self._next_stream_id
+        self._next_stream_id += 2
+        stream = _Stream(stream_id, self.remote.initial_window, self.local.initial_window)
+        self.streams[stream_id] = stream
+        self._send_head(stream, head.encode(), end_stream)
+        return stream_id
+
+    def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
+        """Connector: answer a stream with a response head."""
+        self._require_role(Role.CONNECTOR)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._send_head(stream, head.encode(), end_stream)
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes that may be sent on the stream now (0 for an unknown or closed stream)."""
+        stream = self.streams.get(stream_id)
+        return stream.send_window if stream is not None else 0
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """Queue as much of ``data`` as the stream's credit allows; return the bytes taken.
+
+        END_STREAM goes out only with the last byte, so a partial send never ends the stream.
+        An unknown or closed stream takes nothing (returns 0): the peer reset it.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state in (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED):
+            return 0
+        total = len(data)
+        taken = min(total, stream.send_window)
+        limit = self.remote.max_frame_size
+        offset = 0
+        view = memoryview(data)
+        while offset < taken:
+            size = min(limit, taken - offset)
+            last = offset + size == total
+            flags = F.Flags.END_STREAM if (end_stream and last) else 0
+            self._out.add(F.encode_header(F.FrameType.DATA, flags, stream_id, size),
+                          bytes(view[offset:offset + size]) if size != total else data)
+            offset += size
+        stream.send_window -= taken
+        if end_stream and taken == total:
+            if total == 0:
+                self._out.add(F.encode(F.FrameType.DATA, F.Flags.END_STREAM, stream_id))
+            self._local_end(stream)
+        return taken
+
+    def end_stream(self, stream_id: int) -> None:
+        """Send END_STREAM with no more data."""
+        self.send_data(stream_id, b"", end_stream=True)
+
+    def reset_stream(self, stream_id: int, code: int = F.ErrorCode.CANCEL, message: str = "") -> None:
+        """Abort a stream in both directions."""
+        if self.streams.pop(stream_id, None) is None:
+            return
+        payload = F.U32.pack(int(code)) + message.encode("utf-8")[:1024]
+        self._out.add(F.encode(F.FrameType.RST_STREAM, 0, stream_id, payload))
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """Report ``size`` received body bytes as passed on, so the peer may send more.
+
+        Credit goes back in WINDOW_UPDATE frames once a quarter of the window is consumed, which
+        keeps the number of control frames low (PROTOCOL.md §5.3).
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+            return
+        stream.unacked += size
+        if stream.unacked >= self.local.initial_window // 4:
+            self._out.add(F.encode(F.FrameType.WINDOW_UPDATE, 0, stream_id, F.U32.pack(stream.unacked)))
+            stream.recv_window += stream.unacked
+            stream.unacked = 0
+
+    # ------------------------------------------------------------------ connection control
+    def ping(self, payload: bytes = b"\0" * 8) -> None:
+        """Send a PING; the peer answers with PING+ACK (PingAcknowledged)."""
+        self._out.add(F.encode(F.FrameType.PING, 0, 0, payload[:8].ljust(8, b"\0")))
+
+    def goaway(self, code: int = F.ErrorCode.NO_ERROR, message: str = "") -> None:
+        """Tell the peer to open no more streams here; open streams carry on."""
+        if self.goaway_sent:
+            return
+        self.goaway_sent = True
+        payload = F.GOAWAY_HEAD.pack(self._highest_remote_id, int(code)) + message.encode("utf-8")[:1024]
+        self._out.add(F.encode(F.FrameType.GOAWAY, 0, 0, payload))
+
+    # ------------------------------------------------------------------ input
+    def receive(self, message: bytes) -> list[Event]:
+        """Feed one WebSocket message; return the events it carried.
+
+        Raises ProtocolError (after queueing a GOAWAY with its code) when the peer broke the
+        protocol; the connection is then closed and must not be used for streams.
+        """
+        if self.state is State.CLOSED:
+            return []
+        try:
+            events: list[Event] = []
+            for frame in F.decode(message, self.local.max_frame_size):
+                self._handle(frame, events)
+            return events
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def _handle(self, frame: F.Frame, events: list[Event]) -> None:
+        ftype = frame.type
+        if self.state is State.HANDSHAKE:
+            self._handle_handshake(frame, events)
+            return
+        if self.state is State.CLOSED:
+            return
+        if ftype == F.FrameType.DATA:
+            self._on_data(frame, events)
+        elif ftype == F.FrameType.HEADERS:
+            self._on_headers(frame, events)
+        elif ftype == F.FrameType.WINDOW_UPDATE:
+            stream = self.streams.get(frame.stream_id)
+            delta = F.parse_u32(frame)
+            if stream is not None:
+                stream.send_window += delta
+                if stream.send_window > 0x7FFFFFFF:
+                    raise ProtocolError("send window overflow", code=F.ErrorCode.FLOW_CONTROL_ERROR)
+                events.append(WindowUpdated(frame.stream_id, delta))
+            else:
+                self._check_known(frame.stream_id)
+        elif ftype == F.FrameType.RST_STREAM:
+            code, text = F.parse_reset(frame)
+            if self.streams.pop(frame.stream_id, None) is not None:
+                events.append(StreamReset(frame.stream_id, code, text))
+            else:
+                self._check_known(frame.stream_id)
+        elif ftype == F.FrameType.PING:
+            if len(frame.payload) != 8:
+                raise ProtocolError("PING payload must be 8 bytes")
+            if frame.flags & F.Flags.ACK:
+                events.append(PingAcknowledged(frame.payload))
+            else:
+                self._out.add(F.encode(F.FrameType.PING, F.Flags.ACK, 0, frame.payload))
+        elif ftype == F.FrameType.GOAWAY:
+            last, code, text = F.parse_goaway(frame)
+            self.goaway_received = True
+            events.append(GoAwayReceived(last, code, text))
+        else:
+            raise ProtocolError(f"unexpected {F.FrameType(ftype).name} frame on an open connection")
+
+    def _handle_handshake(self, frame: F.Frame, events: list[Event]) -> None:
+        ftype = frame.type
+        if self.role is Role.EDGE:
+            if ftype != F.FrameType.HELLO:
+                raise ProtocolError(f"expected HELLO, got {F.FrameType(ftype).name}")
+            doc = decode_document(frame.payload, "HELLO")
+            versions = doc.get("versions")
+            token = doc.get("token")
+            if not (isinstance(versions, list) and all(type(v) is int for v in versions)):
+                raise ProtocolError("HELLO: versions must be a list of integers")
+            common = sorted(set(versions) & set(SUPPORTED_VERSIONS))
+            if not common:
+                message = (f"this edge speaks tunnel protocol version(s) {list(SUPPORTED_VERSIONS)}, "
+                           f"the connector offered {versions}; install a matching connector release")
+                self.refuse("unsupported-version", message)
+                events.append(HandshakeFailed("unsupported-version", message))
+                return
+            if not isinstance(token, str):
+                raise ProtocolError("HELLO: token must be a string")
+            self.remote = Settings.from_dict(doc.get("settings", {}))
+            self.version = common[-1]
+            info = {k: v for k, v in doc.items() if k not in ("versions", "token", "settings")}
+            events.append(HelloReceived(self.version, token, info))
+            return
+        if ftype == F.FrameType.WELCOME:
+            doc = decode_document(frame.payload, "WELCOME")
+            if doc.get("version") not in SUPPORTED_VERSIONS:
+                raise ProtocolError(f"WELCOME chose unsupported version {doc.get('version')!r}")
+            self.version = doc["version"]
+            self.remote = Settings.from_dict(doc.get("settings", {}))
+            self.state = State.OPEN
+            events.append(Welcomed(self.version, {k: v for k, v in doc.items() if k not in ("version", "settings")}))
+        elif ftype == F.FrameType.REFUSE:
+            doc = decode_document(frame.payload, "REFUSE")
+            self.state = State.CLOSED
+            events.append(Refused(str(doc.get("code", "refused")), str(doc.get("message", ""))))
+        else:
+            raise ProtocolError(f"expected WELCOME or REFUSE, got {F.FrameType(ftype).name}")
+
+    def _on_headers(self, frame: F.Frame, events: list[Event]) -> None:
+        end = bool(frame.flags & F.Flags.END_STREAM)
+        sid = frame.stream_id
+        if self.role is Role.CONNECTOR:
+            if sid % 2 == 0 or sid <= self._highest_remote_id:
+                raise ProtocolError(f"HEADERS opening stream {sid} out of order")
+            if len(self.streams) >= self.local.max_streams:
+                raise ProtocolError("too many concurrent streams", code=F.ErrorCode.REFUSED_STREAM)
+            self._highest_remote_id = sid
+            head = RequestHead.decode(frame.payload)
+            stream = _Stream(sid, self.remote.initial_window, self.local.initial_window, head_received=True)
+            self.streams[sid] = stream
+            if end:
+                stream.move("recv_end")
+            events.append(RequestReceived(sid, head, end))
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)
+            return
+        if stream.head_received:
+            raise ProtocolError(f"second HEADERS on stream {sid}")
+        stream.head_received = True
+        head = ResponseHead.decode(frame.payload)
+        if end:
+            self._remote_end(stream)
+        events.append(ResponseReceived(sid, head, end))
+
+    def _on_data(self, frame: F.Frame, events: list[Event]) -> None:
+        sid = frame.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            self._check_known(sid)  # data racing a reset we sent: dropped
+            return
+        if not stream.head_received:
+            raise ProtocolError(f"DATA before HEADERS on stream {sid}")
+        if stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
+            raise ProtocolError(f"DATA after END_STREAM on stream {sid}")
+        size = len(frame.payload)
+        if size > stream.recv_window:
+            raise ProtocolError(f"stream {sid} sent {size} bytes with {stream.recv_window} of credit",
+                                code=F.ErrorCode.FLOW_CONTROL_ERROR)
+        stream.recv_window -= size
+        end = bool(frame.flags & F.Flags.END_STREAM)
+        if end:
+            self._remote_end(stream)
+        events.append(DataReceived(sid, frame.payload, end))
+
+    # ------------------------------------------------------------------ helpers
+    def _send_head(self, stream: _Stream, payload: bytes, end_stream: bool) -> None:
+        flags = F.Flags.END_STREAM if end_stream else 0
+        self._out.add(F.encode(F.FrameType.HEADERS, flags, stream.stream_id, payload))
+        if end_stream:
+            self._local_end(stream)
+
+    def _local_end(self, stream: _Stream) -> None:
+        stream.move("send_end")
+        if stream.state is StreamState.CLOSED:
+            del self.streams[stream.stream_id]
+
+    def _remote_end(self, stream: _Stream) -> None:
+        stream.move("recv_end")
+        if stream.state is StreamState.CLOSED:
+            del self.streams[stream.stream_id]
+
+    def _check_known(self, stream_id: int) -> None:
+        """A frame for a stream we do not hold: fine if it existed once, else a violation."""
+        if self.role is Role.EDGE:
+            known = stream_id % 2 == 1 and stream_id < self._next_stream_id
+        else:
+            known = stream_id % 2 == 1 and stream_id <= self._highest_remote_id
+        if not known:
+            raise ProtocolError(f"frame for stream {stream_id}, which was never opened")
+
+    def _require_role(self, role: Role) -> None:
+        if self.role is not role:
+            raise RuntimeError(f"only the {role.value} side may do this")
+
+    def _fail(self, exc: ProtocolError) -> None:
+        if self.state is State.HANDSHAKE and self.role is Role.EDGE:
+            self.refuse("protocol-error", str(exc))
+        else:
+            self.goaway(exc.code, str(exc))
+        self.state = State.CLOSED
+        self.streams.clear()
+
+    def close(self) -> list[int]:
+        """Mark the connection closed (its transport is gone); return the ids of open streams."""
+        self.state = State.CLOSED
+        ids = list(self.streams)
+        self.streams.clear()
+        return ids
