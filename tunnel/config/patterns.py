@@ -20,9 +20,15 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def normalize_host(host: str) -> str:
-    """Lowercase a Host value and drop its port and any trailing dot (``[::1]`` is kept whole)."""
-    host = host.strip().lower()
+    """Lowercase (ASCII only) a Host value, drop spaces/tabs around it, its port and trailing dots.
+
+    ``[::1]:8080`` keeps ``[::1]``. The config worker's JavaScript does exactly the same.
+    """
+    host = host.strip(" \t").translate(_ASCII_LOWER)
     if host.startswith("["):
         end = host.find("]")
         return host[: end + 1] if end >= 0 else host
@@ -95,11 +101,21 @@ def network_words(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[l
 
 
 def ip_in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    """True when address ``ip`` lies in one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
+    """True when address ``ip`` lies in one of ``networks``, compared as the worker does.
+
+    IPv4 addresses and networks live in ``::ffff:0:0/96``, so ``::ffff:10.0.0.1`` is in
+    ``10.0.0.0/8`` and every IPv4 address is in ``::/0``.
+    """
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0].strip("[]"))
     except ValueError:
         return False
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == n.version and addr in n for n in networks)
+    if addr.version == 4:
+        addr = ipaddress.IPv6Address("::ffff:" + str(addr))
+    value = int(addr)
+    for net in networks:
+        words, prefix = network_words(net)
+        base = int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big")
+        if prefix == 0 or (value >> (128 - prefix)) == (base >> (128 - prefix)):
+            return True
+    return False
