@@ -1,0 +1,25 @@
+"""Worker loader: Cloudflare Worker Loader semantics on QuickJS isolates.
+
+Public API (see docs/loader.md)::
+
+    from tunnel.loader import Loader, WorkerCode, Request, Response, WorkerError
+    loader = Loader()
+    worker = loader.get("key", factory)          # factory: async () -> WorkerCode
+    response = await worker.fetch(Request("GET", "http://web.localhost/x"))
+"""
+
+from .errors import (
+    CpuLimitExceeded,
+    MemoryLimitExceeded,
+    WorkerError,
+    WorkerLoadError,
+    WorkerScriptError,
+    WorkerUnavailable,
+)
+from .http_types import BodyTooLarge, Request, Response, WorkerCode
+from .loader import Loader, WorkerStub
+
+__all__ = [
+    "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "Request", "Response", "WorkerCode",
+    "WorkerError", "WorkerLoadError", "WorkerScriptError", "WorkerStub", "WorkerUnavailable",
+]

@@ -1,0 +1,157 @@
+"""A shard process: owns isolates on its main thread and serves the loader over a socket.
+
+Started by ``shard.Shard`` as ``python -m tunnel.loader.child FD``. It reads frames (see
+``protocol``), runs each message on its isolate, and answers every batch of frames with one
+frame ``{"ack": seq, "ev": [...]}``. It exits when the socket closes (the loader went away).
+Only this process runs JavaScript; a runaway that the engine cannot interrupt is ended by the
+loader killing the whole process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sys
+from collections import OrderedDict
+
+from . import linker
+from .engine import Isolate, IsolateFailure, syntax_details
+from .protocol import FrameBuffer, encode
+
+_MEM_EVERY = 64
+_PLAN_CACHE = 256
+
+
+class Child:
+    """Message handlers of one shard process (no I/O; ``handle`` returns events)."""
+
+    def __init__(self) -> None:
+        self.isolates: dict[int, Isolate] = {}
+        self.plans: OrderedDict[str, linker.Plan] = OrderedDict()
+
+    def _plan(self, main: str, modules: dict) -> linker.Plan:
+        digest = hashlib.sha256(json.dumps([main, sorted((k, v[0], v[1] if v[0] != "data" else v[1].hex())
+                                                          for k, v in modules.items())]).encode()).hexdigest()
+        plan = self.plans.get(digest)
+        if plan is None:
+            plan = linker.plan(main, modules)
+            self.plans[digest] = plan
+            if len(self.plans) > _PLAN_CACHE:
+                self.plans.popitem(last=False)
+        else:
+            self.plans.move_to_end(digest)
+        return plan
+
+    def load(self, m: dict, blob: bytes, out: list) -> None:
+        wid = m["wid"]
+        modules = {}
+        for name, (kind, payload) in m["mods"].items():
+            if kind == "data":
+                off, n = payload
+                payload = blob[off:off + n]
+            modules[name] = (kind, payload)
+        try:
+            plan = self._plan(m["main"], modules)
+            lim = m["limits"]
+            iso = Isolate(plan, m["main"], m["env"], m["bindings"], m["outbound"],
+                          lim["cpu"], lim["mem"], lim["load"])
+        except linker.LinkError as exc:
+            name, message = exc.js_name, exc.js_message
+            if name == "SyntaxError":
+                name, message = syntax_details(modules, exc) or (name, message)
+            out.append({"t": "loaded", "wid": wid, "ok": False, "kind": "load", "name": name, "message": message})
+            return
+        except IsolateFailure as exc:
+            out.append({"t": "loaded", "wid": wid, "ok": False, "kind": exc.kind, "name": exc.name,
+                        "message": exc.message, "stack": exc.stack})
+            return
+        self.isolates[wid] = iso
+        for ev in iso.pending_events:
+            ev["wid"] = wid
+            out.append(ev)
+        iso.pending_events = []
+        out.append({"t": "loaded", "wid": wid, "ok": True, "mem": iso.memory()})
+
+    def run(self, wid: int, rid: int, message: str, payload: str | None, out: list, js: list) -> None:
+        iso = self.isolates.get(wid)
+        if iso is None:
+            return
+        try:
+            raw = iso.turn(rid, message, payload)
+        except IsolateFailure as exc:
+            del self.isolates[wid]
+            iso.close()
+            out.append({"t": "dead", "wid": wid, "rid": rid, "kind": exc.kind, "name": exc.name,
+                        "message": exc.message, "stack": exc.stack})
+            return
+        if raw:
+            js.append((wid, rid, raw))
+            if '"end"' in raw:
+                for ev in json.loads(raw):
+                    if ev["t"] == "end" or ev.get("end"):
+                        iso.end(ev["rid"])
+        if iso.turns % _MEM_EVERY == 0:
+            out.append({"t": "mem", "wid": wid, "bytes": iso.memory()})
+
+    def handle(self, m: dict, blob: bytes, out: list, js: list) -> None:
+        """Handle one message from the loader; append loader events to ``out`` and
+        ``(wid, rid, raw JSON)`` runtime event batches to ``js``."""
+        t = m["t"]
+        if t == "req":
+            self.run(m["wid"], m["rid"], blob.decode("utf-8", "surrogatepass"), None, out, js)
+        elif t == "done":
+            payload = None
+            if "p" in m:
+                payload = blob.decode("utf-8", "replace") if m["p"] == "text" else blob.decode("latin-1")
+            msg = {"t": "done", "id": m["id"], "ok": m["ok"]}
+            if "v" in m:
+                msg["v"] = m["v"]
+            if "e" in m:
+                msg["e"] = m["e"]
+            self.run(m["wid"], m["rid"], json.dumps(msg), payload, out, js)
+        elif t == "load":
+            self.load(m, blob, out)
+        elif t == "drop":
+            iso = self.isolates.pop(m["wid"], None)
+            if iso is not None:
+                iso.close()
+
+
+def reply(seq: int, out: list, js: list) -> bytes:
+    """Encode the answer to a batch: loader events in the header, runtime events in the blob."""
+    parts = []
+    index = []
+    off = 0
+    for wid, rid, raw in js:
+        data = raw.encode("utf-8", "surrogatepass")
+        index.append((wid, rid, off, len(data)))
+        parts.append(data)
+        off += len(data)
+    return encode({"ack": seq, "ev": out, "js": index}, b"".join(parts))
+
+
+def main(fd: int) -> None:
+    """Serve the loader on socket ``fd`` until it closes."""
+    sock = socket.socket(fileno=fd)
+    frames = FrameBuffer()
+    child = Child()
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            return
+        if not data:
+            return
+        out: list = []
+        js: list = []
+        seq = None
+        for header, blob in frames.feed(data):
+            seq = header.get("seq", seq)
+            child.handle(header, blob, out, js)
+        if seq is not None:
+            sock.sendall(reply(seq, out, js))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -1,0 +1,244 @@
+"""One QuickJS isolate: the only module of the project that imports the ``quickjs`` binding.
+
+An ``Isolate`` owns one ``quickjs.Context`` (its own JSRuntime: nothing is shared between
+isolates) and must only ever be used from the thread that created it (a shard process's
+main thread). It exchanges JSON messages with ``js/runtime.js`` and never installs Python
+callbacks (the binding refuses them while a time limit is set).
+
+CPU limit: ``set_time_limit`` is per call into JS and counts process CPU time, so before every
+call (host message, each pending job) the remaining budget of the request being served is set;
+a request's budget is the sum over all the turns it causes. An uncatchable interrupt or an
+out-of-memory while JS runs raises ``IsolateFailure``: the caller must discard the isolate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import resources
+
+import quickjs
+
+from .linker import Plan
+
+_JS = resources.files(__package__) / "js"
+_RUNTIME_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
+    "vendor/fast-text-encoding-1.0.6.min.js",
+    "vendor/ungap-structured-clone-1.4.0.min.js",
+    "runtime.js",
+))
+_URL_SRC = (_JS / "vendor/core-js-3.51.0-url.min.js").read_text("utf-8")
+_ENTROPY_BYTES = 16384
+_NO_LIMIT = -1.0
+
+
+class IsolateFailure(Exception):
+    """JS failed in a way that leaves the isolate unusable (limit hit, engine error).
+
+    Attributes:
+        kind: ``cpu``, ``memory``, ``script`` or ``load``.
+        name, message, stack: the JavaScript error, as far as it is known.
+    """
+
+    def __init__(self, kind: str, name: str, message: str, stack: str = ""):
+        super().__init__(f"{kind}: {name}: {message}")
+        self.kind, self.name, self.message, self.stack = kind, name, message, stack
+
+
+def _parse_exception(exc: BaseException, module: str | None = None) -> tuple[str, str, str]:
+    text = str(exc)
+    if module is not None:
+        text = text.replace("<input>", module)
+    first, _, stack = text.partition("\n")
+    name, sep, message = first.partition(": ")
+    if not sep:
+        name, message = "Error", first
+    return name, message, stack
+
+
+def _classify(exc: BaseException) -> IsolateFailure:
+    name, message, stack = _parse_exception(exc)
+    text = str(exc)
+    if isinstance(exc, quickjs.StackOverflow):
+        return IsolateFailure("script", "RangeError", "Maximum call stack size exceeded", stack)
+    if "interrupted" in text.split("\n", 1)[0]:
+        return IsolateFailure("cpu", "Error", "Worker exceeded CPU time limit.", stack)
+    if text.strip() in ("null", "") or "out of memory" in text:
+        return IsolateFailure("memory", "Error", "Worker exceeded memory limit.", stack)
+    return IsolateFailure("script", name, message, stack)
+
+
+class Isolate:
+    """A loaded worker in its own QuickJS runtime.
+
+    Args:
+        plan: the linked modules (``linker.plan``).
+        main: main module name.
+        env_json: JSON text of the plain env values.
+        bindings: names of the env entries that are host bindings.
+        outbound: whether global ``fetch()`` is routed to the host (else it throws "not permitted").
+        cpu_limit_s: CPU seconds per request (all turns of one request together).
+        memory_limit: bytes for the whole runtime.
+        load_cpu_limit_s: CPU seconds for evaluating the modules.
+    Raises:
+        IsolateFailure: with kind ``load`` (or ``cpu``/``memory``) when the code does not load.
+    """
+
+    def __init__(self, plan: Plan, main: str, env_json: str, bindings: list[str], outbound: bool,
+                 cpu_limit_s: float, memory_limit: int, load_cpu_limit_s: float):
+        self.cpu_limit_s = cpu_limit_s
+        self.cpu_used: dict[int, float] = {}
+        self.turns = 0
+        ctx = self.ctx = quickjs.Context()
+        ctx.set_memory_limit(memory_limit)
+        ctx.set_max_stack_size(2 * 1024 * 1024)
+        ctx.set_time_limit(load_cpu_limit_s)
+        try:
+            ctx.eval(_RUNTIME_SRC)
+            if plan.uses_url:
+                ctx.eval(_URL_SRC)
+            self._host = ctx.get("__qjs_host")
+            self._flush = ctx.get("__qjs_flush")
+            watch = ctx.get("__qjs_watch")
+            ctx.eval("delete globalThis.__qjs_host; delete globalThis.__qjs_flush; delete globalThis.__qjs_watch;")
+        except quickjs.JSException as exc:  # the runtime itself does not fit the limits
+            raise _load_failure(exc, None) from None
+        start = time.process_time()
+
+        def call(fn, *args, module: str | None = None):
+            remaining = load_cpu_limit_s - (time.process_time() - start)
+            if remaining <= 0:
+                raise IsolateFailure("cpu", "Error", "Worker exceeded CPU time limit while loading.")
+            ctx.set_time_limit(remaining)
+            try:
+                return fn(*args)
+            except quickjs.JSException as exc:
+                raise _load_failure(exc, module) from None
+
+        call(self._host, json.dumps({"t": "init", "env": env_json, "bindings": bindings, "outbound": outbound}),
+             os.urandom(_ENTROPY_BYTES).decode("latin-1"))
+        for step in plan.steps:
+            if step.kind == "esm":
+                promise = call(ctx.module, step.payload, module=step.name)
+                call(watch, promise, step.name)
+            elif step.kind == "cjs":
+                call(ctx.eval, step.payload, module=step.name)
+            else:
+                payload = step.payload
+                if step.kind == "data":
+                    payload = bytes(payload).decode("latin-1")
+                call(self._host, json.dumps({"t": "value", "name": step.name, "kind": step.kind}), payload)
+            while call(ctx.execute_pending_job, module=step.name):
+                pass
+            events = self._take()
+            for ev in events:
+                if ev.get("t") == "modfail":
+                    stack = ev["stack"].replace("<input>", ev["name"])
+                    kind = "memory" if "out of memory" in ev["message"] else "load"
+                    raise IsolateFailure(kind, ev["ename"], ev["message"], stack)
+        call(self._host, json.dumps({"t": "start", "main": main}))
+        ctx.set_time_limit(_NO_LIMIT)
+        self.pending_events = [ev for ev in self._take() if ev.get("t") == "log"]
+
+    def _take(self) -> list[dict]:
+        raw = self._flush()
+        return json.loads(raw) if raw else []
+
+    def turn(self, rid: int, message: str, payload: str | None = None) -> str:
+        """Deliver one message to the runtime, run the jobs it causes, return the events.
+
+        Args:
+            rid: the request this turn is charged to (CPU budget).
+            message: JSON text for ``__qjs_host``.
+            payload: optional raw string delivered alongside (a body, entropy).
+        Returns:
+            The runtime's events (``res``, ``end``, ``op``, ``log``) as JSON text, or ``""``.
+        Raises:
+            IsolateFailure: CPU limit, memory limit or another uncatchable failure; discard the isolate.
+        """
+        ctx = self.ctx
+        budget = self.cpu_limit_s - self.cpu_used.get(rid, 0.0)
+        clock = time.process_time
+        start = clock()
+        try:
+            ctx.set_time_limit(budget if budget > 0.0005 else 0.0005)
+            if payload is None:
+                self._host(message)
+            else:
+                self._host(message, payload)
+            while True:
+                remaining = budget - (clock() - start)
+                if remaining <= 0:
+                    raise IsolateFailure("cpu", "Error", "Worker exceeded CPU time limit.")
+                ctx.set_time_limit(remaining)
+                if not ctx.execute_pending_job():
+                    break
+            ctx.set_time_limit(_NO_LIMIT)
+            raw = self._flush()
+        except quickjs.JSException as exc:
+            raise _classify(exc) from None
+        finally:
+            self.cpu_used[rid] = self.cpu_used.get(rid, 0.0) + clock() - start
+        self.turns += 1
+        if raw and '"t":"entropy"' in raw:
+            try:
+                self._host('{"t":"entropy"}', os.urandom(_ENTROPY_BYTES).decode("latin-1"))
+            except quickjs.JSException as exc:
+                raise _classify(exc) from None
+        return raw
+
+    def end(self, rid: int) -> None:
+        """Forget the CPU accounting of a finished request."""
+        self.cpu_used.pop(rid, None)
+
+    def memory(self) -> int:
+        """Return the bytes the runtime's allocator currently holds (QuickJS ``malloc_size``)."""
+        return int(self.ctx.memory()["malloc_size"])
+
+    def close(self) -> None:
+        """Drop the context; its runtime is freed when the last reference goes."""
+        self._host = self._flush = None
+        self.ctx = None
+
+
+def _load_failure(exc: BaseException, module: str | None) -> IsolateFailure:
+    failure = _classify(exc)
+    if failure.kind != "script":
+        return failure
+    name, message, stack = _parse_exception(exc, module)
+    if module is not None and " at " not in message and stack.strip():
+        pass
+    return IsolateFailure("load", name, message, stack)
+
+
+def syntax_details(modules: dict, error: Exception) -> tuple[str, str] | None:
+    """Ask QuickJS for its own message about a syntax error the linker found.
+
+    The module is compiled in a scratch context (imports fail at link time, before any code runs;
+    a module without imports that QuickJS accepts runs there under a 50 ms limit, with no bindings).
+    Args:
+        modules: name → ``(kind, payload)`` as given to ``linker.plan``.
+        error: the ``LinkError``; its message ends in ``at NAME:LINE:COL``.
+    Returns:
+        ``(name, message)`` with QuickJS's text and the module's name, line and column, or ``None``.
+    """
+    text = str(error)
+    module = text.rsplit(" at ", 1)[-1].rsplit(":", 2)[0] if " at " in text else None
+    if module not in modules:
+        return None
+    kind, src = modules[module]
+    ctx = quickjs.Context()
+    ctx.set_memory_limit(16 * 1024 * 1024)
+    ctx.set_time_limit(0.05)
+    try:
+        if kind == "cjs":
+            ctx.eval("(function(){" + src + "\n})")
+        else:
+            ctx.module(src)
+    except quickjs.JSException as exc:
+        name, message, stack = _parse_exception(exc, module)
+        if name == "SyntaxError":
+            where = stack.strip().splitlines()[0].strip() if stack.strip() else f"at {module}"
+            return name, f"{message}\n    {where}"
+    return None

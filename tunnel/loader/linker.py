@@ -1,0 +1,354 @@
+"""Resolve and link a worker's modules into an evaluation plan for one QuickJS context.
+
+The binding (quickjs-ng 0.17) cannot load modules: ``import`` of anything fails. So each ES
+module is rewritten, with a real parser (tree-sitter-javascript), into a self-contained ES
+module that talks to a small registry installed by ``js/runtime.js``:
+
+- import statements are blanked; their bindings become ``const`` snapshots taken from the
+  registry in a prologue placed *on line 1*, so every line number of the source is preserved;
+- ``export`` declarations lose the keyword and register live getters
+  (``__qjs_def(name, {get x(){return x}}, stars)``); ``export default expr`` becomes
+  ``const __qjs_default = expr``; anonymous default functions/classes are named ``__qjs_default``;
+- ``export … from`` and ``export *`` forward to the dependency's namespace (live);
+- ``import.meta`` becomes ``__qjs_meta("name")`` and ``import(x)`` becomes ``__qjs_dyn("name")(x)``.
+
+CommonJS modules are wrapped in ``function (exports, require, module, __filename, __dirname)``;
+text, json and data modules become registry values. Modules are evaluated dependency-first
+(post-order from the main module); cycles are rejected. Limitations are listed in docs/loader.md.
+This module is pure: it imports neither asyncio nor quickjs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+
+import tree_sitter
+import tree_sitter_javascript
+
+_LANGUAGE = tree_sitter.Language(tree_sitter_javascript.language())
+_PARSER = tree_sitter.Parser(_LANGUAGE)
+_QUERY = tree_sitter.Query(_LANGUAGE, """
+(meta_property) @meta
+(call_expression function: (import) @dyn)
+(call_expression function: (identifier) @req arguments: (arguments . (string) @reqarg .))
+""")
+_BLANK = re.compile(rb"[^\r\n]")
+
+
+class LinkError(Exception):
+    """The modules cannot be linked.
+
+    Attributes:
+        js_name: the JavaScript error name to report (``SyntaxError``, ``Error``, ``TypeError``).
+    """
+
+    def __init__(self, js_name: str, message: str):
+        super().__init__(f"{js_name}: {message}")
+        self.js_name = js_name
+        self.js_message = message
+
+
+@dataclass(frozen=True)
+class Step:
+    """One module to evaluate: ``kind`` is ``esm``, ``cjs``, ``text``, ``json`` or ``data``."""
+
+    kind: str
+    name: str
+    payload: object
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The evaluation plan: steps in dependency order, and whether the URL polyfill is needed."""
+
+    steps: tuple[Step, ...]
+    uses_url: bool
+
+
+def resolve(importer: str, spec: str, names: set[str] | dict) -> str | None:
+    """Resolve an import specifier against the importing module's name.
+
+    Args:
+        importer: name of the importing module (``src/index.js``).
+        spec: the specifier (``./util.js``, ``../lib/x.js``, ``util.js``, ``/abs.js``).
+        names: the module names available.
+    Returns:
+        The module name, or ``None`` when no module matches.
+    """
+    if spec.startswith(("./", "../")):
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(importer), spec))
+    elif spec.startswith("/"):
+        path = posixpath.normpath(spec).lstrip("/")
+    else:
+        path = spec
+    if path.startswith("../") or path == "..":
+        return None
+    return path if path in names else None
+
+
+def _string_value(node: tree_sitter.Node) -> str:
+    text = node.text.decode("utf-8")
+    try:
+        value = ast.literal_eval(text)
+        if isinstance(value, str):
+            return value
+    except (ValueError, SyntaxError):
+        pass
+    return text[1:-1]
+
+
+def _name_of(node: tree_sitter.Node) -> str:
+    return _string_value(node) if node.type == "string" else node.text.decode("utf-8")
+
+
+def _pattern_names(node: tree_sitter.Node, out: list[str]) -> None:
+    t = node.type
+    if t in ("identifier", "shorthand_property_identifier_pattern"):
+        out.append(node.text.decode("utf-8"))
+    elif t == "pair_pattern":
+        _pattern_names(node.child_by_field_name("value"), out)
+    elif t == "assignment_pattern":
+        _pattern_names(node.child_by_field_name("left"), out)
+    elif t in ("object_pattern", "array_pattern", "rest_pattern", "object_assignment_pattern"):
+        for child in node.named_children:
+            if t == "object_assignment_pattern" and child != node.named_children[0]:
+                continue
+            _pattern_names(child, out)
+
+
+def _syntax_error(name: str, src: bytes, root: tree_sitter.Node) -> LinkError:
+    bad = None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            if bad is None or node.start_byte < bad.start_byte:
+                bad = node
+            continue
+        if node.has_error:
+            stack.extend(node.children)
+    if bad is None:
+        return LinkError("SyntaxError", f"invalid syntax\n    at {name}")
+    row, col_bytes = bad.start_point
+    line = src.split(b"\n")[row] if row < src.count(b"\n") + 1 else b""
+    col = len(line[:col_bytes].decode("utf-8", "replace")) + 1
+    if bad.is_missing:
+        what = f"missing '{bad.type}'"
+    else:
+        token = bad.text.decode("utf-8", "replace").strip().split("\n")[0][:40]
+        what = f"unexpected token '{token}'" if token else "unexpected end of input"
+    return LinkError("SyntaxError", f"{what}\n    at {name}:{row + 1}:{col}")
+
+
+def _js(s: str) -> str:
+    return json.dumps(s)
+
+
+class _Module:
+    """Rewrites one ES or CommonJS module; collects its dependencies."""
+
+    def __init__(self, name: str, kind: str, src: str, names: dict):
+        self.name, self.kind, self.names = name, kind, names
+        self.src = src.encode("utf-8", "surrogatepass")
+        self.deps: list[str] = []
+        self.edits: list[tuple[int, int, bytes]] = []
+        tree = _PARSER.parse(self.src)
+        if tree.root_node.has_error:
+            raise _syntax_error(name, self.src, tree.root_node)
+        self.root = tree.root_node
+
+    def _dep(self, spec: str, required: bool = True) -> str | None:
+        target = resolve(self.name, spec, self.names)
+        if target is None:
+            if required:
+                raise LinkError("Error", f'No such module "{spec}".\n  imported from "{self.name}"')
+            return None
+        if target not in self.deps:
+            self.deps.append(target)
+        return target
+
+    def _blank(self, node: tree_sitter.Node) -> None:
+        seg = self.src[node.start_byte:node.end_byte]
+        self.edits.append((node.start_byte, node.end_byte, _BLANK.sub(b" ", seg)))
+
+    def _scan_dynamic(self) -> None:
+        captures = tree_sitter.QueryCursor(_QUERY).captures(self.root)
+        for node in captures.get("meta", []):
+            self.edits.append((node.start_byte, node.end_byte, f"__qjs_meta({_js(self.name)})".encode()))
+        for node in captures.get("dyn", []):
+            call = node.parent
+            args = call.child_by_field_name("arguments")
+            if args is not None and args.named_child_count >= 1 and args.named_children[0].type == "string":
+                self._dep(_string_value(args.named_children[0]), required=False)
+            self.edits.append((node.start_byte, node.end_byte, f"__qjs_dyn({_js(self.name)})".encode()))
+        if self.kind == "cjs":
+            for node in captures.get("reqarg", []):
+                fn = node.parent.parent.child_by_field_name("function")
+                if fn is not None and fn.text == b"require":
+                    self._dep(_string_value(node), required=False)
+
+    def rewrite(self) -> str:
+        """Return the rewritten source (see the module docstring)."""
+        self._scan_dynamic()
+        if self.kind == "cjs":
+            body = self._apply()
+            return (f"__qjs_cjs({_js(self.name)},function(exports,require,module,__filename,__dirname){{"
+                    f"{body}\n}});")
+        prologue: list[str] = []
+        getters: list[str] = []
+        stars: list[str] = []
+        for node in self.root.named_children:
+            if node.type == "hash_bang_line":
+                self._blank(node)
+            elif node.type == "import_statement":
+                self._import(node, prologue)
+            elif node.type == "export_statement":
+                self._export(node, getters, stars)
+        head = (f"__qjs_def({_js(self.name)},{{{','.join(getters)}}},{json.dumps(stars)});"
+                + "".join(prologue))
+        return head + self._apply()
+
+    def _import(self, node: tree_sitter.Node, prologue: list[str]) -> None:
+        source = node.child_by_field_name("source")
+        target = self._dep(_string_value(source))
+        self._blank(node)
+        clause = next((c for c in node.named_children if c.type == "import_clause"), None)
+        if clause is None:
+            return
+        picks: list[tuple[str, str]] = []
+        for part in clause.named_children:
+            if part.type == "identifier":
+                picks.append(("default", part.text.decode()))
+            elif part.type == "namespace_import":
+                local = part.named_children[-1].text.decode()
+                prologue.append(f"const {local}=__qjs_ns({_js(target)});")
+            elif part.type == "named_imports":
+                for spec in part.named_children:
+                    if spec.type != "import_specifier":
+                        continue
+                    imported = _name_of(spec.child_by_field_name("name"))
+                    alias = spec.child_by_field_name("alias")
+                    local = alias.text.decode() if alias is not None else imported
+                    picks.append((imported, local))
+        if picks:
+            locals_ = ",".join(local for _, local in picks)
+            wanted = json.dumps([imported for imported, _ in picks])
+            prologue.append(f"const [{locals_}]=__qjs_pick({_js(self.name)},{_js(target)},{wanted});")
+
+    def _export(self, node: tree_sitter.Node, getters: list[str], stars: list[str]) -> None:
+        source = node.child_by_field_name("source")
+        decl = node.child_by_field_name("declaration")
+        value = node.child_by_field_name("value")
+        is_default = any(c.type == "default" for c in node.children)
+        if source is not None:
+            target = self._dep(_string_value(source))
+            self._blank(node)
+            clause = next((c for c in node.named_children if c.type in ("export_clause", "namespace_export")), None)
+            if clause is None:
+                stars.append(target)
+            elif clause.type == "namespace_export":
+                alias = _name_of(clause.named_children[-1])
+                getters.append(f"get {_js(alias)}(){{return __qjs_ns({_js(target)})}}")
+            else:
+                for spec in clause.named_children:
+                    if spec.type != "export_specifier":
+                        continue
+                    name = _name_of(spec.child_by_field_name("name"))
+                    alias_node = spec.child_by_field_name("alias")
+                    alias = _name_of(alias_node) if alias_node is not None else name
+                    getters.append(f"get {_js(alias)}(){{return __qjs_ns({_js(target)})[{_js(name)}]}}")
+            return
+        if decl is not None:
+            start = decl.start_byte
+            self.edits.append((node.start_byte, start, _BLANK.sub(b" ", self.src[node.start_byte:start])))
+            names: list[str] = []
+            if decl.type in ("lexical_declaration", "variable_declaration"):
+                for declarator in decl.named_children:
+                    if declarator.type == "variable_declarator":
+                        _pattern_names(declarator.child_by_field_name("name"), names)
+            else:
+                names.append(decl.child_by_field_name("name").text.decode())
+            for n in names:
+                exported = "default" if is_default else n
+                getters.append(f"get {_js(exported)}(){{return {n}}}")
+            return
+        if value is not None:
+            head = self.src[node.start_byte:value.start_byte]
+            if value.type in ("function_expression", "generator_function", "class") and \
+                    value.child_by_field_name("name") is None:
+                self.edits.append((node.start_byte, value.start_byte, _BLANK.sub(b" ", head)))
+                kw = [c for c in value.children if c.type in ("function", "class", "*")]
+                at = kw[-1].end_byte
+                self.edits.append((at, at, b" __qjs_default"))
+            else:
+                newlines = head.count(b"\n")
+                self.edits.append((node.start_byte, value.start_byte, b"const __qjs_default=" + b"\n" * newlines))
+                if not self.src[node.start_byte:node.end_byte].rstrip().endswith(b";"):
+                    self.edits.append((node.end_byte, node.end_byte, b";"))
+            getters.append('get "default"(){return __qjs_default}')
+            return
+        clause = next((c for c in node.named_children if c.type == "export_clause"), None)
+        self._blank(node)
+        if clause is not None:
+            for spec in clause.named_children:
+                if spec.type != "export_specifier":
+                    continue
+                local = _name_of(spec.child_by_field_name("name"))
+                alias_node = spec.child_by_field_name("alias")
+                alias = _name_of(alias_node) if alias_node is not None else local
+                getters.append(f"get {_js(alias)}(){{return {local}}}")
+
+    def _apply(self) -> str:
+        out = self.src
+        for start, end, rep in sorted(self.edits, key=lambda e: (e[0], e[1]), reverse=True):
+            out = out[:start] + rep + out[end:]
+        return out.decode("utf-8", "surrogatepass")
+
+
+def plan(main: str, modules: dict[str, tuple[str, object]]) -> Plan:
+    """Link ``modules`` starting from ``main``.
+
+    Args:
+        main: the main module's name; it must be an ES module.
+        modules: name → ``(kind, payload)`` with kind ``js``, ``cjs``, ``text``, ``json`` (payload:
+            JSON text) or ``data`` (payload: bytes).
+    Returns:
+        The evaluation ``Plan`` (dependencies first, main last).
+    Raises:
+        LinkError: syntax error (with module name, line and column), missing module, bad import,
+            circular import, or a main module that is not an ES module.
+    """
+    if main not in modules:
+        raise LinkError("Error", f"No such module: {main}")
+    if modules[main][0] != "js":
+        raise LinkError("TypeError", "Main module must be an ES module.")
+    steps: list[Step] = []
+    state: dict[str, int] = {}
+    uses_url = False
+
+    def visit(name: str, chain: list[str]) -> None:
+        nonlocal uses_url
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(chain[chain.index(name):] + [name])
+            raise LinkError("Error", f"circular import is not supported: {cycle}")
+        state[name] = 1
+        kind, payload = modules[name]
+        if kind in ("js", "cjs"):
+            mod = _Module(name, "esm" if kind == "js" else "cjs", payload, modules)
+            code = mod.rewrite()
+            uses_url = uses_url or "URL" in payload
+            for dep in mod.deps:
+                visit(dep, chain + [name])
+            steps.append(Step("esm" if kind == "js" else "cjs", name, code))
+        else:
+            steps.append(Step(kind, name, payload))
+        state[name] = 2
+
+    visit(main, [])
+    return Plan(tuple(steps), uses_url)

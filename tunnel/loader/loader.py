@@ -1,0 +1,337 @@
+"""``Loader``: key → worker cache with Worker Loader semantics (single flight, failure memory,
+LRU/memory/idle eviction) over isolates that live in shard processes (see ``shard``).
+
+The loader never runs JavaScript on the event loop thread, and never changes the code of a
+cached key: new code for a key needs ``evict(key)`` (requests running on the old isolate finish
+on it). A limit hit discards the isolate; the next request reloads it from the cached code
+without running the factory again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import zlib
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable
+
+from .errors import WorkerError, WorkerLoadError, WorkerUnavailable
+from .http_types import DEFAULT_MAX_BODY_BYTES, Request, Response, WorkerCode
+from .shard import Instance, Limits, Shard
+
+Factory = Callable[[], Awaitable[WorkerCode]]
+
+
+class _Entry:
+    __slots__ = ("key", "factory", "code", "instance", "error", "error_until", "loading", "last_used", "loads")
+
+    def __init__(self, key: str, factory: Factory):
+        self.key, self.factory = key, factory
+        self.code: WorkerCode | None = None
+        self.instance: Instance | None = None
+        self.error: WorkerError | None = None
+        self.error_until = 0.0
+        self.loading: asyncio.Future | None = None
+        self.last_used = time.monotonic()
+        self.loads = 0
+
+
+def _copy_error(err: WorkerError) -> WorkerError:
+    return type(err)(str(err), js_name=err.js_name, js_message=err.js_message, key=err.key)
+
+
+class WorkerStub:
+    """What ``Loader.get`` returns: call ``await stub.fetch(request)``.
+
+    A stub stays usable after eviction or a limit hit: the next ``fetch`` reloads the key
+    (running the factory again only if the key was evicted).
+    """
+
+    __slots__ = ("_loader", "key", "_factory")
+
+    def __init__(self, loader: "Loader", key: str, factory: Factory):
+        self._loader, self.key, self._factory = loader, key, factory
+
+    async def fetch(self, request: Request) -> Response:
+        """Run the worker's ``fetch`` handler.
+
+        Args:
+            request: the ``Request``; its body may be bytes or an async iterable (streamed through).
+        Returns:
+            The worker's ``Response`` (``headers`` is a case-insensitive ``CIMultiDict``).
+        Raises:
+            WorkerLoadError: the worker failed to load (also for every request while the failure
+                is remembered). WorkerScriptError: the handler threw or returned a non-Response.
+            CpuLimitExceeded / MemoryLimitExceeded: a limit was hit (the isolate was discarded).
+            WorkerUnavailable: the isolate was discarded under this request, or the loader is closed.
+        """
+        loader = self._loader
+        entry = loader._entry(self.key, self._factory, count=False)
+        inst = await loader._ready(entry)
+        entry.last_used = time.monotonic()
+        return await inst.shard.fetch(inst, request)
+
+
+class Loader:
+    """Cache of workers keyed by string, each in its own QuickJS runtime.
+
+    Args:
+        cpu_limit_ms: CPU time per request (all its turns together); exceeding it raises
+            ``CpuLimitExceeded`` and discards the isolate.
+        memory_limit_mb: heap limit per isolate; exceeding it raises ``MemoryLimitExceeded``.
+        max_workers: cached workers beyond this are evicted, least recently used first.
+        memory_budget_mb: total isolate heap beyond which LRU workers are evicted.
+        idle_s: workers unused this long are evicted.
+        failure_ttl_s: a failed load is remembered (and re-raised without re-running the factory) this long.
+        load_timeout_s: bound on the factory plus module evaluation.
+        load_cpu_limit_ms: CPU time for evaluating the modules of a worker.
+        max_body_bytes: largest body a worker may read into memory with text()/json()/arrayBuffer().
+        shards: number of shard processes (default: CPU count).
+        hang_timeout_s: a shard that has work and answers nothing this long is killed and restarted.
+    """
+
+    def __init__(self, *, cpu_limit_ms: float = 50, memory_limit_mb: float = 64, max_workers: int = 1000,
+                 memory_budget_mb: float = 1024, idle_s: float = 300.0, failure_ttl_s: float = 5.0,
+                 load_timeout_s: float = 10.0, load_cpu_limit_ms: float = 1000,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None,
+                 hang_timeout_s: float | None = None):
+        if cpu_limit_ms <= 0 or memory_limit_mb <= 0 or max_workers < 1 or shards is not None and shards < 1:
+            raise ValueError("limits must be positive")
+        self.max_workers = max_workers
+        self.memory_budget = int(memory_budget_mb * 1024 * 1024)
+        self.idle_s, self.failure_ttl_s, self.load_timeout_s = idle_s, failure_ttl_s, load_timeout_s
+        limits = Limits(cpu_limit_ms / 1000.0, int(memory_limit_mb * 1024 * 1024), load_cpu_limit_ms / 1000.0,
+                        max_body_bytes)
+        hang = hang_timeout_s if hang_timeout_s is not None else max(1.0, 20 * cpu_limit_ms / 1000.0)
+        n = shards or os.cpu_count() or 1
+        self._shards = [Shard(i, limits, hang, self._on_dead, self._on_memory) for i in range(n)]
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ public
+    def get(self, key: str, factory: Factory) -> WorkerStub:
+        """Return a stub for ``key`` at once; on a miss, start loading it in the background.
+
+        Args:
+            key: worker key; code for a key never changes while it is cached.
+            factory: ``async () -> WorkerCode``; runs only on a miss, never inside ``get``.
+        Returns:
+            A ``WorkerStub``. Load errors surface from ``await stub.fetch()``.
+        Raises:
+            RuntimeError: when called without a running event loop or after ``aclose()``.
+        """
+        if self._closed:
+            raise RuntimeError("Loader is closed")
+        self._entry(key, factory, count=True)
+        return WorkerStub(self, key, factory)
+
+    def evict(self, key: str) -> bool:
+        """Drop ``key`` from the cache. Requests running on its isolate finish on it.
+
+        Returns:
+            True if the key was cached (loaded, loading or a remembered failure).
+        """
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._retire(entry)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and live state.
+
+        Returns:
+            ``{"hits", "misses", "loads", "load_failures", "evictions", "reloads", "workers",
+            "memory_bytes", "shards": [...], "per_worker": {key: {"memory_bytes", "requests", "idle_s"}}}``.
+        """
+        now = time.monotonic()
+        live = {k: e for k, e in self._entries.items() if e.instance is not None and e.instance.alive}
+        return {
+            **self._stats,
+            "workers": len(live),
+            "memory_bytes": sum(e.instance.memory for e in live.values()),
+            "per_worker": {k: {"memory_bytes": e.instance.memory, "requests": e.instance.requests,
+                               "idle_s": round(now - e.last_used, 3)} for k, e in live.items()},
+            "shards": [{"index": s.index, "pid": s.proc.pid if s.proc else None, "isolates": len(s.instances),
+                        "kills": s.kills, "starts": s.restarts} for s in self._shards],
+        }
+
+    async def start(self) -> None:
+        """Start every shard process now (optional: they also start on first use)."""
+        await asyncio.gather(*(s.ensure_started() for s in self._shards))
+
+    async def aclose(self) -> None:
+        """Stop the shard processes; requests still running fail with ``WorkerUnavailable``."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for entry in self._entries.values():
+            if entry.loading is not None and not entry.loading.done():
+                entry.loading.cancel()
+        self._entries.clear()
+        for shard in self._shards:
+            await shard.close()
+
+    async def __aenter__(self) -> "Loader":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals
+    def _shard_for(self, key: str) -> Shard:
+        return self._shards[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self._shards)]
+
+    def _entry(self, key: str, factory: Factory, count: bool) -> _Entry:
+        if self._closed:
+            raise WorkerUnavailable("the loader is closed", key=key)
+        now = time.monotonic()
+        if self._sweeper is None:
+            self._arm_sweeper()
+        entry = self._entries.get(key)
+        if entry is not None and entry.error is not None and now >= entry.error_until:
+            del self._entries[key]
+            entry = None
+        if entry is not None:
+            self._entries.move_to_end(key)
+            if count:
+                self._stats["hits"] += 1
+            return entry
+        if count:
+            self._stats["misses"] += 1
+        entry = _Entry(key, factory)
+        self._entries[key] = entry
+        self._start_load(entry)
+        return entry
+
+    def _start_load(self, entry: _Entry) -> None:
+        loop = asyncio.get_running_loop()
+        fut = entry.loading = loop.create_future()
+        task = loop.create_task(self._load(entry, fut))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        del task
+
+    async def _load(self, entry: _Entry, fut: asyncio.Future) -> None:
+        try:
+            reload = entry.code is not None
+            if reload:
+                self._stats["reloads"] += 1
+                code = entry.code
+            else:
+                code = await asyncio.wait_for(self._run_factory(entry), self.load_timeout_s)
+                entry.code = code
+            inst = await self._shard_for(entry.key).load(entry.key, code, self.load_timeout_s)
+        except asyncio.CancelledError:
+            if not fut.done():
+                fut.cancel()
+            raise
+        except Exception as exc:
+            err = exc if isinstance(exc, WorkerError) else WorkerLoadError(
+                f"worker {entry.key!r}: {type(exc).__name__}: {exc}", js_name=type(exc).__name__,
+                js_message=str(exc), key=entry.key)
+            if isinstance(exc, asyncio.TimeoutError):
+                err = WorkerLoadError(f"worker {entry.key!r}: the factory did not finish within {self.load_timeout_s}s",
+                                      js_name="Error", js_message="factory timed out", key=entry.key)
+            self._stats["load_failures"] += 1
+            if self._entries.get(entry.key) is entry:
+                entry.error, entry.error_until = err, time.monotonic() + self.failure_ttl_s
+            if not fut.done():
+                fut.set_exception(err)
+            return
+        entry.loads += 1
+        self._stats["loads"] += 1
+        if self._entries.get(entry.key) is not entry:  # evicted while loading
+            inst.shard.drop(inst)
+            if not fut.done():
+                fut.set_exception(WorkerUnavailable(f"worker {entry.key!r} was evicted while loading", key=entry.key))
+            return
+        entry.instance = inst
+        entry.loading = None
+        if not fut.done():
+            fut.set_result(inst)
+        self._enforce()
+
+    async def _run_factory(self, entry: _Entry) -> WorkerCode:
+        try:
+            code = await entry.factory()
+        except WorkerError:
+            raise
+        except Exception as exc:
+            raise WorkerLoadError(f"worker {entry.key!r}: {type(exc).__name__}: {exc}", js_name=type(exc).__name__,
+                                  js_message=str(exc), key=entry.key) from exc
+        if not isinstance(code, WorkerCode):
+            raise WorkerLoadError(f"worker {entry.key!r}: TypeError: factory returned {type(code).__name__}, "
+                                  "expected WorkerCode", js_name="TypeError",
+                                  js_message="factory returned the wrong type", key=entry.key)
+        try:
+            code.validate()
+            code.split_env()
+        except TypeError as exc:
+            raise WorkerLoadError(f"worker {entry.key!r}: TypeError: {exc}", js_name="TypeError",
+                                  js_message=str(exc), key=entry.key) from None
+        return code
+
+    async def _ready(self, entry: _Entry) -> Instance:
+        while True:
+            if entry.error is not None:
+                raise _copy_error(entry.error)
+            inst = entry.instance
+            if inst is not None and inst.alive:
+                return inst
+            if entry.loading is None:
+                entry.instance = None
+                self._start_load(entry)
+            await asyncio.shield(entry.loading)  # raises the load error for every waiter
+
+    def _retire(self, entry: _Entry) -> None:
+        inst, entry.instance = entry.instance, None
+        if inst is None:
+            return
+        if inst.inflight:
+            inst.retired = True
+        else:
+            inst.shard.drop(inst)
+
+    def _evict_entry(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        self._stats["evictions"] += 1
+        self._retire(entry)
+
+    def _enforce(self) -> None:
+        live = [k for k, e in self._entries.items() if e.instance is not None]
+        total = sum(self._entries[k].instance.memory for k in live)
+        i = 0
+        while i < len(live) - 1 and (len(live) - i > self.max_workers or total > self.memory_budget):
+            key = live[i]
+            total -= self._entries[key].instance.memory
+            self._evict_entry(key)
+            i += 1
+
+    def _arm_sweeper(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(min(max(self.idle_s / 4, 0.05), 30.0), self._on_sweep)
+
+    def _sweep(self, now: float) -> None:
+        cutoff = now - self.idle_s
+        for key in [k for k, e in self._entries.items() if e.instance is not None and e.last_used < cutoff
+                    and not e.instance.inflight]:
+            self._evict_entry(key)
+
+    def _on_sweep(self) -> None:
+        self._sweeper = None
+        if self._closed:
+            return
+        self._sweep(time.monotonic())
+        if self._entries:
+            self._arm_sweeper()
+
+    def _on_dead(self, inst: Instance) -> None:
+        entry = self._entries.get(inst.key)
+        if entry is not None and entry.instance is inst:
+            entry.instance = None
+
+    def _on_memory(self, inst: Instance) -> None:
+        self._enforce()

@@ -1,0 +1,530 @@
+"""The loader's side of a shard process: spawning, messaging, ops, watchdog.
+
+Each ``Shard`` runs ``python -m tunnel.loader.child`` connected by a Unix socket pair, read on the
+event loop (asyncio transport: writes never block the loop). Isolates live in exactly one shard
+(chosen by key hash) and only that process's main thread touches them; the event loop thread
+never runs JavaScript. Ops the JavaScript side asks for (binding calls, global fetch, body
+reads, timers) run here as asyncio tasks and are answered with ``done`` messages.
+
+Body handles: a body the worker has not read stays a Python object here; JavaScript only holds
+an integer handle. Passing the request (or a binding's response) on hands the original object
+over; ``text()``/``json()``/``arrayBuffer()`` read it through a ``read`` op, bounded by
+``max_body_bytes``. Handles belong to the request whose turn created them and are released when
+that request ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import inspect
+import json
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from .errors import CpuLimitExceeded, WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
+from .http_types import BodyTooLarge, Request, Response, WorkerCode, body_is_empty, read_body
+from .protocol import FrameBuffer, ProtocolError, encode
+
+log = logging.getLogger("tunnel.loader")
+worker_log = logging.getLogger("tunnel.loader.worker")
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_MAX_TIMER_S = 3600.0
+
+
+class Limits:
+    """Per-isolate limits sent to the shard (seconds and bytes)."""
+
+    __slots__ = ("cpu_s", "memory", "load_cpu_s", "max_body_bytes")
+
+    def __init__(self, cpu_s: float, memory: int, load_cpu_s: float, max_body_bytes: int):
+        self.cpu_s, self.memory, self.load_cpu_s, self.max_body_bytes = cpu_s, memory, load_cpu_s, max_body_bytes
+
+
+class _Req:
+    __slots__ = ("rid", "future", "handles", "started")
+
+    def __init__(self, rid: int, future: asyncio.Future):
+        self.rid, self.future, self.handles, self.started = rid, future, [], time.monotonic()
+
+
+class Instance:
+    """The loader's view of one isolate living in a shard.
+
+    Attributes:
+        key: the worker key. memory: last reported QuickJS heap bytes. alive: False once discarded.
+        inflight: requests started and not yet ended (their ``waitUntil`` included).
+    """
+
+    def __init__(self, shard: "Shard", wid: int, key: str, code: WorkerCode):
+        self.shard, self.wid, self.key, self.code = shard, wid, key, code
+        names = set(shard_binding_names(code))
+        self.bindings = {name: value for name, value in (code.env or {}).items() if name in names}
+        self.memory = 0
+        self.alive = False
+        self.retired = False
+        self.inflight: dict[int, _Req] = {}
+        self.handles: dict[int, Any] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.loaded: asyncio.Future | None = None
+        self.requests = 0
+        self.on_idle: Callable[["Instance"], None] | None = None
+
+
+def shard_binding_names(code: WorkerCode) -> list[str]:
+    """Names of the ``env`` entries of ``code`` that are Python bindings."""
+    return code.split_env()[1]
+
+
+class Shard:
+    """One shard process and everything in flight on it.
+
+    Args:
+        index: shard number (for logs).
+        limits: isolate limits.
+        hang_timeout_s: kill the process when it has work and answers nothing for this long.
+        on_dead: called with an ``Instance`` the shard discarded (limit hit, crash, kill).
+    """
+
+    def __init__(self, index: int, limits: Limits, hang_timeout_s: float, on_dead: Callable[[Instance], None],
+                 on_memory: Callable[[Instance], None]):
+        self.index, self.limits, self.hang_timeout_s = index, limits, hang_timeout_s
+        self.on_dead, self.on_memory = on_dead, on_memory
+        self.proc: subprocess.Popen | None = None
+        self.transport: asyncio.Transport | None = None
+        self.starting: asyncio.Future | None = None
+        self.instances: dict[int, Instance] = {}
+        self.frames = FrameBuffer()
+        self.seq = 0
+        self.acked = 0
+        self.sent: collections.deque[tuple[int, int, int]] = collections.deque()  # (seq, wid, rid)
+        self.last_progress = time.monotonic()
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.kills = 0
+        self.restarts = 0
+        self._ids = itertools.count(1)
+        self.closed = False
+
+    # ------------------------------------------------------------------ process
+    async def ensure_started(self) -> None:
+        """Start the shard process if it is not running (single flight)."""
+        if self.transport is not None:
+            return
+        if self.closed:
+            raise WorkerUnavailable("the loader is closed", js_name="Error", js_message="the loader is closed")
+        if self.starting is None:
+            self.starting = asyncio.get_running_loop().create_future()
+            try:
+                await self._start()
+                self.starting.set_result(None)
+            except BaseException as exc:
+                self.starting.set_exception(exc)
+                self.starting.exception()
+                raise
+            finally:
+                fut, self.starting = self.starting, None
+                del fut
+            return
+        await asyncio.shield(self.starting)
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        try:
+            env = dict(os.environ)
+            env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tunnel.loader.child", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, env=env)
+        finally:
+            child.close()
+        self.restarts += 1
+        self.frames = FrameBuffer()
+        self.seq = self.acked = 0
+        self.sent.clear()
+        transport, _ = await loop.create_unix_connection(lambda: _ShardProtocol(self), sock=parent)
+        self.transport = transport
+        self.watchdog = loop.call_later(self.hang_timeout_s / 4, self._check)
+
+    def _check(self) -> None:
+        if self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.seq > self.acked and time.monotonic() - self.last_progress > self.hang_timeout_s:
+            self.kill("did not answer within %.1fs" % self.hang_timeout_s)
+            return
+        self.watchdog = loop.call_later(self.hang_timeout_s / 4, self._check)
+
+    def kill(self, reason: str) -> None:
+        """Kill the process and fail everything on it (the watchdog's last resort)."""
+        if self.transport is None:
+            return
+        log.warning("loader shard %d killed: %s", self.index, reason)
+        self.kills += 1
+        culprit = self.sent[0] if self.sent else None
+        self._lost(culprit, reason)
+
+    def _lost(self, culprit: tuple[int, int, int] | None, reason: str) -> None:
+        transport, self.transport = self.transport, None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        if transport is not None:
+            transport.abort()
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel reaps SIGKILLed processes fast
+                pass
+        for inst in list(self.instances.values()):
+            kind = "unavailable"
+            rid = -1
+            if culprit is not None and culprit[1] == inst.wid:
+                kind, rid = "cpu", culprit[2]
+            self._discard(inst, rid, kind, "Error",
+                          "Worker exceeded CPU time limit." if kind == "cpu" else f"shard {self.index} {reason}", "")
+
+    async def close(self) -> None:
+        """Stop the process and fail whatever is still running on it."""
+        self.closed = True
+        if self.transport is not None:
+            self._lost(None, "closed")
+
+    # ------------------------------------------------------------------ messaging
+    def _send(self, header: dict, blob: bytes = b"", wid: int = 0, rid: int = 0) -> None:
+        if self.transport is None:
+            raise WorkerUnavailable(f"shard {self.index} is not running", js_name="Error", js_message="shard down")
+        if self.seq == self.acked:
+            self.last_progress = time.monotonic()
+        self.seq += 1
+        header["seq"] = self.seq
+        self.sent.append((self.seq, wid, rid))
+        self.transport.write(encode(header, blob))
+
+    def _frame(self, header: dict, blob: bytes) -> None:
+        self.last_progress = time.monotonic()
+        ack = header.get("ack", 0)
+        if ack > self.acked:
+            self.acked = ack
+        sent = self.sent
+        while sent and sent[0][0] <= ack:
+            sent.popleft()
+        for ev in header.get("ev", ()):
+            try:
+                self._event(ev)
+            except Exception:  # a malformed event must not break the protocol loop
+                log.exception("loader shard %d: bad event %r", self.index, ev.get("t"))
+        for wid, rid, off, n in header.get("js", ()):
+            inst = self.instances.get(wid)
+            if inst is None:
+                continue
+            try:
+                events = json.loads(blob[off:off + n])
+                for ev in events:
+                    self._js_event(inst, rid, ev)
+            except Exception:  # hostile code controls this text: never let it break the loop
+                log.exception("loader shard %d: bad runtime event from %r", self.index, inst.key)
+
+    def _event(self, ev: dict) -> None:
+        t = ev["t"]
+        inst = self.instances.get(ev.get("wid", 0))
+        if t == "loaded":
+            if inst is None or inst.loaded is None or inst.loaded.done():
+                return
+            if ev["ok"]:
+                inst.alive = True
+                inst.memory = ev.get("mem", 0)
+                inst.loaded.set_result(None)
+            else:
+                self.instances.pop(inst.wid, None)
+                inst.loaded.set_exception(error_from_wire("load" if ev["kind"] == "script" else ev["kind"],
+                                                          ev["name"], ev["message"], inst.key, ev.get("stack", "")))
+            return
+        if inst is None:
+            return
+        if t == "log":
+            self._js_event(inst, 0, ev)
+        elif t == "mem":
+            inst.memory = ev["bytes"]
+            self.on_memory(inst)
+        elif t == "dead":
+            self._discard(inst, ev["rid"], ev["kind"], ev["name"], ev["message"], ev.get("stack", ""))
+
+    def _js_event(self, inst: Instance, turn_rid: int, ev: dict) -> None:
+        t = ev["t"]
+        if t == "res":
+            rid = ev["rid"]
+            req = inst.inflight.get(rid)
+            if req is not None and not req.future.done():
+                if ev["ok"]:
+                    try:
+                        req.future.set_result(self._response(inst, ev["res"]))
+                    except TypeError as exc:
+                        req.future.set_exception(error_from_wire("script", "TypeError", str(exc), inst.key))
+                else:
+                    kind = "memory" if ev.get("kind") == "memory" else "script"
+                    req.future.set_exception(error_from_wire(kind, str(ev["name"]), str(ev["message"]),
+                                                             inst.key, str(ev.get("stack", ""))))
+            if ev.get("end"):
+                self._end(inst, rid)
+        elif t == "end":
+            self._end(inst, ev["rid"])
+        elif t == "op":
+            ev["rid"] = turn_rid
+            task = asyncio.get_running_loop().create_task(self._op(inst, ev))
+            inst.tasks.add(task)
+            task.add_done_callback(inst.tasks.discard)
+        elif t == "log":
+            worker_log.log(_LOG_LEVELS.get(ev.get("l"), logging.INFO), "[%s] %s", inst.key, ev.get("m", ""))
+
+    def _discard(self, inst: Instance, rid: int, kind: str, name: str, message: str, stack: str) -> None:
+        self.instances.pop(inst.wid, None)
+        was_alive, inst.alive = inst.alive, False
+        if inst.loaded is not None and not inst.loaded.done():
+            inst.loaded.set_exception(error_from_wire(kind if kind != "unavailable" else "unavailable", name, message, inst.key))
+        for req in list(inst.inflight.values()):
+            if not req.future.done():
+                if req.rid == rid:
+                    err = error_from_wire(kind, name, message, inst.key, stack)
+                else:
+                    err = WorkerUnavailable(
+                        f"worker {inst.key!r}: isolate discarded ({kind}: {message}) while this request ran on it",
+                        js_name=name, js_message=message, key=inst.key)
+                req.future.set_exception(err)
+        inst.inflight.clear()
+        inst.handles.clear()
+        for task in inst.tasks:
+            task.cancel()
+        if was_alive or kind != "load":
+            self.on_dead(inst)
+
+    def _end(self, inst: Instance, rid: int) -> None:
+        req = inst.inflight.pop(rid, None)
+        if req is None:
+            return
+        for h in req.handles:
+            inst.handles.pop(h, None)
+        if not req.future.done():  # ended without a response (should not happen)
+            req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r}: request ended without a response",
+                                                       key=inst.key))
+        if not inst.inflight and inst.retired:
+            self.drop(inst)
+
+    # ------------------------------------------------------------------ bodies
+    def _handle(self, inst: Instance, body: Any, rid: int) -> int:
+        h = next(self._ids)
+        inst.handles[h] = body
+        req = inst.inflight.get(rid)
+        if req is not None:
+            req.handles.append(h)
+        return h
+
+    def _body_from_wire(self, inst: Instance, b: dict | None) -> Any:
+        if b is None:
+            return None
+        if "h" in b:
+            if b["h"] not in inst.handles:
+                raise TypeError("body is no longer available (its request has ended)")
+            return inst.handles.pop(b["h"])
+        if "s" in b:
+            return b["s"].encode("utf-8", "surrogatepass")
+        return base64.b64decode(b["b64"])
+
+    def _response(self, inst: Instance, r: dict) -> Response:
+        return Response(r["status"], r["headers"], self._body_from_wire(inst, r["body"]), r.get("statusText", ""))
+
+    def _request(self, inst: Instance, r: dict) -> Request:
+        return Request(r["method"], r["url"], r["headers"], self._body_from_wire(inst, r["body"]), r.get("cf"))
+
+    # ------------------------------------------------------------------ ops
+    async def _op(self, inst: Instance, ev: dict) -> None:
+        reply: dict = {"t": "done", "wid": inst.wid, "rid": ev["rid"], "id": ev["id"], "ok": True}
+        blob = b""
+        try:
+            kind = ev["op"]
+            if kind == "call":
+                reply["v"], blob = await self._call(inst, ev)
+                if blob:
+                    reply["p"] = "bin"
+            elif kind == "read":
+                h = ev["h"]
+                if h not in inst.handles:
+                    raise TypeError("body is no longer available (its request has ended)")
+                data = await read_body(inst.handles[h], self.limits.max_body_bytes)
+                inst.handles[h] = data
+                reply["p"] = "text" if ev["mode"] == "text" else "bin"
+                blob = data
+            elif kind == "timer":
+                await asyncio.sleep(min(float(ev["ms"]) / 1000.0, _MAX_TIMER_S))
+                reply["v"] = None
+            else:
+                raise TypeError(f"unknown op {kind!r}")
+        except asyncio.CancelledError:
+            raise
+        except BodyTooLarge as exc:
+            reply = {**reply, "ok": False, "e": {"name": "RangeError", "message": f"{exc} (max_body_bytes)"}}
+            blob = b""
+        except Exception as exc:
+            reply = {**reply, "ok": False, "e": {"name": _js_error_name(exc), "message": str(exc) or type(exc).__name__}}
+            reply.pop("v", None)
+            reply.pop("p", None)
+            blob = b""
+        if inst.alive and self.transport is not None:
+            self._send(reply, blob, inst.wid, ev["rid"])
+
+    async def _call(self, inst: Instance, ev: dict) -> tuple[Any, bytes]:
+        target, method = ev["b"], ev["m"]
+        if target == "$outbound":
+            obj = inst.code.global_outbound
+            if obj is None:
+                raise Exception("This worker is not permitted to access the internet via global functions like fetch().")
+        else:
+            obj = inst.bindings.get(target)
+            if obj is None:
+                raise TypeError(f"no binding named {target!r}")
+        if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+            raise TypeError(f"binding {target}: {method!r} is not a callable method")
+        fn = getattr(obj, method, None)
+        if not callable(fn):
+            raise TypeError(f"binding {target} has no method {method!r}")
+        args = [self._arg(inst, a) for a in ev["a"]]
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return self._result(inst, result, ev["rid"])
+
+    def _arg(self, inst: Instance, a: dict) -> Any:
+        if "$req" in a:
+            return self._request(inst, a["$req"])
+        if "$res" in a:
+            return self._response(inst, a["$res"])
+        if "$bin" in a:
+            return base64.b64decode(a["$bin"])
+        return a.get("$v")
+
+    def _result(self, inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
+        if isinstance(result, Response):
+            body = None if body_is_empty(result.body) else {"h": self._handle(inst, result.body, rid)}
+            return {"res": {"status": result.status, "statusText": result.status_text,
+                            "headers": [[k, v] for k, v in result.headers.items()], "body": body}}, b""
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return {"bin": True}, bytes(result)
+        return {"v": result}, b""
+
+    # ------------------------------------------------------------------ public
+    async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
+        """Create an isolate for ``code`` in this shard.
+
+        Raises:
+            WorkerLoadError: the code does not load (message names the module, line and column).
+            CpuLimitExceeded / MemoryLimitExceeded: evaluating the modules hit a limit.
+            WorkerUnavailable: the shard died meanwhile.
+        """
+        await self.ensure_started()
+        wid = next(self._ids)
+        inst = Instance(self, wid, key, code)
+        inst.loaded = asyncio.get_running_loop().create_future()
+        env_json, bindings = code.split_env()
+        mods: dict[str, list] = {}
+        blob = bytearray()
+        for name, value in code.modules.items():
+            if isinstance(value, str):
+                mods[name] = ["js", value]
+                continue
+            kind, payload = next(iter(value.items()))
+            if kind == "json":
+                payload = json.dumps(payload)
+            elif kind == "data":
+                data = bytes(payload)
+                payload = [len(blob), len(data)]
+                blob += data
+            mods[name] = [kind, payload]
+        self.instances[wid] = inst
+        lim = self.limits
+        self._send({"t": "load", "wid": wid, "main": code.main_module, "mods": mods, "env": env_json,
+                    "bindings": bindings, "outbound": code.global_outbound is not None,
+                    "limits": {"cpu": lim.cpu_s, "mem": lim.memory, "load": lim.load_cpu_s}}, bytes(blob), wid, 0)
+        try:
+            await asyncio.wait_for(asyncio.shield(inst.loaded), timeout)
+        except asyncio.TimeoutError:
+            self.drop(inst)
+            raise WorkerLoadError(f"worker {key!r}: loading timed out after {timeout}s", key=key) from None
+        return inst
+
+    async def fetch(self, inst: Instance, request: Request) -> Response:
+        """Run the worker's fetch handler on ``request``.
+
+        Raises:
+            WorkerScriptError, CpuLimitExceeded, MemoryLimitExceeded, WorkerUnavailable.
+        """
+        if not inst.alive:
+            raise WorkerUnavailable(f"worker {inst.key!r}: isolate is gone", key=inst.key)
+        rid = next(self._ids)
+        req = _Req(rid, asyncio.get_running_loop().create_future())
+        inst.inflight[rid] = req
+        inst.requests += 1
+        body = None
+        if not body_is_empty(request.body):
+            body = {"h": self._handle(inst, request.body, rid)}
+        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
+                                                "headers": [[k, v] for k, v in request.headers.items()],
+                                                "cf": request.cf, "body": body}}
+        try:
+            self._send({"t": "req", "wid": inst.wid, "rid": rid}, json.dumps(wire).encode(), inst.wid, rid)
+        except WorkerError:
+            inst.inflight.pop(rid, None)
+            raise
+        return await req.future
+
+    def drop(self, inst: Instance) -> None:
+        """Discard an isolate now (its in-flight requests fail with ``WorkerUnavailable``)."""
+        if self.instances.pop(inst.wid, None) is None:
+            return
+        inst.alive = False
+        for req in inst.inflight.values():
+            if not req.future.done():
+                req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r} was evicted", key=inst.key))
+        inst.inflight.clear()
+        inst.handles.clear()
+        for task in inst.tasks:
+            task.cancel()
+        if self.transport is not None:
+            self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+
+
+def _js_error_name(exc: BaseException) -> str:
+    if isinstance(exc, TypeError):
+        return "TypeError"
+    if isinstance(exc, (ValueError, OverflowError)):
+        return "RangeError"
+    return "Error"
+
+
+class _ShardProtocol(asyncio.Protocol):
+    def __init__(self, shard: Shard):
+        self.shard = shard
+
+    def data_received(self, data: bytes) -> None:
+        shard = self.shard
+        try:
+            frames = shard.frames.feed(data)
+        except ProtocolError as exc:
+            shard.kill(f"protocol error: {exc}")
+            return
+        for header, blob in frames:
+            shard._frame(header, blob)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        shard = self.shard
+        if shard.transport is not None:
+            shard._lost(None, "process exited")
