@@ -82,10 +82,11 @@ class Settings:
         if not isinstance(raw, dict):
             raise ProtocolError("settings must be an object")
         values = {}
+        defaults = cls()  # with slots=True the class attributes are descriptors, not the defaults
         for name, low, high in (("initial_window", 1024, 0x7FFFFFFF),
                                 ("max_frame_size", 1024, F.ABSOLUTE_MAX_FRAME),
                                 ("max_streams", 1, 1 << 20)):
-            value = raw.get(name, getattr(cls, name))
+            value = raw.get(name, getattr(defaults, name))
             if type(value) is not int or not low <= value <= high:
                 raise ProtocolError(f"setting {name}={value!r} out of range [{low}, {high}]")
             values[name] = value
