@@ -37,7 +37,8 @@ class RequestHead:
         if not (isinstance(doc, list) and len(doc) == 5):
             raise ProtocolError("request head must be a 5-element array")
         method, target, headers, upgrade, service = doc
-        if not (isinstance(method, str) and method and method.isascii() and " " not in method):
+        if not (isinstance(method, str) and method and method.isascii() and " " not in method
+                and _clean(method)):
             raise ProtocolError("request head: bad method")
         if not (isinstance(target, str) and target and _clean(target)) or " " in target:
             raise ProtocolError("request head: bad target")
@@ -92,6 +93,8 @@ def _loads(payload: bytes, what: str) -> Any:
         return json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 256 KiB of "[": legal frame size, too deep for the parser
+        raise ProtocolError(f"{what} is nested too deeply") from None
 
 
 def _clean(text: str) -> bool:
