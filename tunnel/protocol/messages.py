@@ -85,7 +85,9 @@ def decode_document(payload: bytes, what: str) -> dict[str, Any]:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("ascii")
+    # UTF-8, not \u escapes: a latin-1 byte >= 0x80 costs 2 bytes instead of 6, so a 64 KiB
+    # request head stays far below the 256 KiB control-frame limit (PROTOCOL.md §2) the peer enforces.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _loads(payload: bytes, what: str) -> Any:
