@@ -26,7 +26,7 @@ GOAWAY_HEAD = struct.Struct("!II")
 ABSOLUTE_MAX_FRAME = 16 * 1024 * 1024
 #: Default negotiated payload limit.
 DEFAULT_MAX_FRAME = 256 * 1024
-#: Control payloads (HELLO, WELCOME, REFUSE, HEADERS, GOAWAY) never exceed this.
+#: Payloads of every frame but DATA never exceed this, whatever max_frame_size was negotiated.
 MAX_CONTROL_PAYLOAD = 256 * 1024
 
 
@@ -74,7 +74,6 @@ class ErrorCode(enum.IntEnum):
 
 
 _STREAM_FRAMES = frozenset({FrameType.HEADERS, FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.RST_STREAM})
-_CONTROL = frozenset({FrameType.HELLO, FrameType.WELCOME, FrameType.REFUSE, FrameType.HEADERS, FrameType.GOAWAY})
 
 
 class Frame(NamedTuple):
@@ -113,7 +112,7 @@ def decode(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> list[Fram
         offset += HEADER_SIZE
         if ftype > FrameType.GOAWAY:
             raise ProtocolError(f"unknown frame type 0x{ftype:02x}")
-        limit = MAX_CONTROL_PAYLOAD if ftype in _CONTROL else max_frame_size
+        limit = max_frame_size if ftype == FrameType.DATA else MAX_CONTROL_PAYLOAD  # §2
         if length > limit:
             raise FrameSizeError(
                 f"{FrameType(ftype).name} frame of {length} bytes exceeds the limit of {limit}"
