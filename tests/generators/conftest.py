@@ -35,6 +35,12 @@ def doc() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def compile_js():
+    """The :func:`compile_module` function (QuickJS syntax check of one ES module)."""
+    return compile_module
+
+
+@pytest.fixture(scope="session")
 def reference_config():
     return parse_config(reference_doc())
 
@@ -66,3 +72,70 @@ class FakeTunnel:
 
         self.seen.append((request, opts))
         return Response(self.status, headers=dict(self.headers), body=self.body)
+
+
+def tunnel_doc(on_request=None, on_response=None, **extra) -> dict[str, Any]:
+    """A one-tunnel document (tunnel ``t`` at t.localhost) with the given policy."""
+    tunnel: dict[str, Any] = {"hostnames": ["t.localhost", "*.t.localhost"], **extra}
+    policy = {}
+    if on_request:
+        policy["on_request"] = on_request
+    if on_response:
+        policy["on_response"] = on_response
+    if policy:
+        tunnel["policy"] = policy
+    return {"tunnels": {"t": tunnel}}
+
+
+class Runner:
+    """Loads generated workers in one real Loader and sends them requests."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.count = 0
+
+    @staticmethod
+    def fake(**kwargs) -> "FakeTunnel":
+        """A new fake TUNNEL binding."""
+        return FakeTunnel(**kwargs)
+
+    @staticmethod
+    async def send(stub, path="/", method="GET", headers=None, body=None, ip="203.0.113.7", host="t.localhost"):
+        """Send one request to a stub; return ``(status, headers, body bytes)``."""
+        return await send(stub, path, method, headers, body, ip, host)
+
+    def load(self, worker, tunnel: FakeTunnel | None = None):
+        """A stub for ``worker`` (a GeneratedWorker) whose env.TUNNEL is ``tunnel``."""
+        self.count += 1
+        env = {"TUNNEL": tunnel} if tunnel is not None else None
+        code = worker.to_worker_code(env=env)
+
+        async def factory():
+            return code
+
+        return self.loader.get(f"{worker.key}#{self.count}", factory)
+
+    async def policy(self, on_request=None, on_response=None, tunnel: FakeTunnel | None = None, **extra):
+        """Generate tunnel ``t`` from a policy and return ``(stub, fake tunnel)``."""
+        from generators import generate_tunnel_worker
+
+        config = parse_config(tunnel_doc(on_request, on_response, **extra))
+        tunnel = tunnel or FakeTunnel()
+        return self.load(generate_tunnel_worker(config.tunnels["t"]), tunnel), tunnel
+
+
+async def send(stub, path="/", method="GET", headers=None, body=None, ip="203.0.113.7", host="t.localhost"):
+    """Send one request to a stub; return ``(status, headers, body bytes)``."""
+    from tunnel.loader import Request
+
+    response = await stub.fetch(Request(method, f"http://{host}{path}", headers=headers or {}, body=body,
+                                        cf={"clientIp": ip}))
+    return response.status, response.headers, await response.read()
+
+
+@pytest.fixture()
+async def runner():
+    from tunnel.loader import Loader
+
+    async with Loader(max_workers=100) as loader:
+        yield Runner(loader)
