@@ -383,8 +383,9 @@ class Connection:
             return
         if ftype == F.FrameType.WELCOME:
             doc = decode_document(frame.payload, "WELCOME")
-            if doc.get("version") not in SUPPORTED_VERSIONS:
-                raise ProtocolError(f"WELCOME chose unsupported version {doc.get('version')!r}")
+            version = doc.get("version")
+            if type(version) is not int or version not in SUPPORTED_VERSIONS:  # True == 1 == 1.0
+                raise ProtocolError(f"WELCOME chose unsupported version {version!r}")
             self.version = doc["version"]
             self.remote = Settings.from_dict(doc.get("settings", {}))
             self.state = State.OPEN
