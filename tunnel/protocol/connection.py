@@ -479,6 +479,7 @@ class Connection:
         if self.state is State.HANDSHAKE and self.role is Role.EDGE:
             self.refuse("protocol-error", str(exc))
         else:
+            self.goaway_sent = False  # a drain GOAWAY sent earlier does not say why we close now
             self.goaway(exc.code, str(exc))
         self.state = State.CLOSED
         self.streams.clear()
