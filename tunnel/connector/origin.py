@@ -124,10 +124,14 @@ class OriginConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
-        if 100 <= status < 200 and status != 101:
-            self._interim = True  # 100 Continue and friends: the real response follows
-            return
-        self._interim = False
+        if 100 <= status < 200:
+            # 100 Continue and friends: the real response follows. 101 is final, but the
+            # parser still reports a message end for it, which must not end the stream.
+            self._interim = True
+            if status != 101:
+                return
+        else:
+            self._interim = False
         if self.handler is not None:
             self.handler.origin_head(status, self._reason, headers, self.parser.should_keep_alive())
 

@@ -370,7 +370,9 @@ class Exchange:
             self.proto.pause_reading("upload")
 
     def request_complete(self) -> None:
-        """The client finished sending the request."""
+        """The client finished sending the request (for an upgrade: its head; raw bytes follow)."""
+        if self.upgrade:
+            return
         self.request_done = True
         if self.awaiting_request_end:
             self.awaiting_request_end = False

@@ -1,0 +1,115 @@
+"""Multiplexing, back-pressure, cancellation and tunnel isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from tests.tunnel.conftest import start_origin
+from tests.tunnel.origin_app import pattern
+from tunnel.errors import HandshakeRefused
+from tunnel.protocol import Connection, Role
+from tunnel.protocol import events as ev
+from tunnel.protocol import frames as F
+from tunnel.protocol.messages import encode_document
+
+HOST = "web.localhost"
+
+
+async def test_many_requests_complete_while_one_client_reads_nothing(edge, origin, client):
+    await edge.tunnel("web", HOST, origin.url)
+    # A client that asks for 256 MiB and never reads: its stream fills its window and stops.
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port, limit=1024)
+    writer.write(f"GET /download?size={256 << 20} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.5)
+
+    async def one(i: int) -> bytes:
+        async with client.get(edge.public + "/small", headers={"Host": HOST}) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    bodies = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), 30)
+    assert all(body == pattern(1024) for body in bodies)
+    # The stalled stream holds bounded memory: the edge's write buffer for that client plus
+    # one stream window, not the 256 MiB the origin would like to send.
+    writer.close()
+
+
+async def test_client_disconnect_cancels_the_origin_request(edge, origin, client):
+    await edge.tunnel("web", HOST, origin.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"GET /forever HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await reader.read(100_000)
+    assert not origin.events.cancelled.is_set()
+    writer.transport.abort()
+    await asyncio.wait_for(origin.events.cancelled.wait(), 5)
+
+
+async def test_connector_only_ever_serves_its_own_tunnel(edge, client):
+    origin_a = await start_origin("origin-a")
+    origin_b = await start_origin("origin-b")
+    try:
+        await edge.tunnel("a", "a.localhost", origin_a.url)
+        await edge.tunnel("b", "b.localhost", origin_b.url)
+        for _ in range(20):
+            for host, expected in (("a.localhost", b"origin-a"), ("b.localhost", b"origin-b")):
+                async with client.get(edge.public + "/whoami", headers={"Host": host}) as resp:
+                    assert await resp.read() == expected
+        # A second connector with A's token only adds capacity to A.
+        token_a2 = edge.edge.rotate_token("a")
+        await edge.connect(token_a2, origin_a.url)
+        async with client.get(edge.public + "/whoami", headers={"Host": "b.localhost"}) as resp:
+            assert await resp.read() == b"origin-b"
+    finally:
+        await origin_a.runner.cleanup()
+        await origin_b.runner.cleanup()
+
+
+async def test_unknown_token_is_refused_with_a_clear_message(edge, origin):
+    edge.create_tunnel("web", HOST)
+    connector, task = await edge.connect("web.not-the-token", origin.url, wait=False)
+    with pytest.raises(HandshakeRefused) as info:
+        await asyncio.wait_for(task, 10)
+    assert info.value.code == "unauthorized"
+    assert "token rotate" in info.value.message
+
+
+async def test_rotated_token_stops_working(edge, origin, client):
+    token = edge.create_tunnel("web", HOST)
+    connector, task = await edge.connect(token, origin.url)
+    edge.edge.rotate_token("web")
+    with pytest.raises(HandshakeRefused):
+        await asyncio.wait_for(task, 15)
+    async with client.get(edge.public + "/small", headers={"Host": HOST}) as resp:
+        assert resp.status == 530
+
+
+async def test_unsupported_protocol_version_is_refused(edge):
+    edge.create_tunnel("web", HOST)
+    async with ws_connect(edge.ws_url, compression=None) as ws:
+        doc = {"versions": [7, 8], "token": "x"}
+        await ws.send(F.encode(F.FrameType.HELLO, 0, 0, encode_document(doc)))
+        reply = await asyncio.wait_for(ws.recv(), 5)
+        conn = Connection(Role.CONNECTOR)
+        events = conn.receive(reply)
+        assert isinstance(events[0], ev.Refused)
+        assert events[0].code == "unsupported-version"
+        assert "[1]" in events[0].message and "[7, 8]" in events[0].message
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+
+
+async def test_garbage_from_a_connector_closes_only_that_connection(edge, origin, client):
+    await edge.tunnel("web", HOST, origin.url)
+    async with ws_connect(edge.ws_url, compression=None) as ws:
+        await ws.send(b"\x09" + b"\x00" * 20)  # unknown frame type before HELLO
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            for _ in range(3):
+                await asyncio.wait_for(ws.recv(), 5)
+    async with client.get(edge.public + "/small", headers={"Host": HOST}) as resp:
+        assert resp.status == 200
