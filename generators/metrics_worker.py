@@ -190,7 +190,7 @@ function render() {
       lines.push(m.family + "_count{" + labels + "} " + num(s.count));
     }
   });
-  return lines.join("\n") + "\n";
+  return lines.length === 0 ? "" : lines.join("\n") + "\n";
 }
 
 // Counts as JSON, so a new version of this worker can carry them on (POST /state).

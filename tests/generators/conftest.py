@@ -139,3 +139,93 @@ async def runner():
 
     async with Loader(max_workers=100) as loader:
         yield Runner(loader)
+
+
+# --- a tiny QuickJS harness (no loader): runs one single-module worker with a minimal shim ---
+# Used by the property tests: it keeps strings exactly as JavaScript holds them (lone surrogates
+# included), which a real HTTP body (UTF-8) cannot.
+
+SHIM = r'''
+class Headers {
+  constructor(init) {
+    this.map = new Map();
+    if (init instanceof Headers) for (const [k, v] of init.map) this.map.set(k, v.slice());
+    else if (Array.isArray(init)) for (const [k, v] of init) this.append(k, v);
+    else if (init) for (const k of Object.keys(init)) this.append(k, init[k]);
+  }
+  get(name) { const v = this.map.get(name.toLowerCase()); return v === undefined ? null : v.join(", "); }
+  set(name, value) { this.map.set(name.toLowerCase(), [String(value)]); }
+  append(name, value) { const k = name.toLowerCase(); if (!this.map.has(k)) this.map.set(k, []); this.map.get(k).push(String(value)); }
+  delete(name) { this.map.delete(name.toLowerCase()); }
+  has(name) { return this.map.has(name.toLowerCase()); }
+  entries() { return [...this.map].map(([k, v]) => [k, v.join(", ")])[Symbol.iterator](); }
+  [Symbol.iterator]() { return this.entries(); }
+}
+class URLSearchParams {
+  constructor(q) { this.pairs = q ? q.split("&").map((p) => p.split("=").map((x) => decodeURIComponent(x.replace(/\+/g, " ")))) : []; }
+  get(name) { const p = this.pairs.find(([k]) => k === name); return p === undefined ? null : (p[1] === undefined ? "" : p[1]); }
+}
+class URL {
+  constructor(href) {
+    const m = /^([a-z]+:)\/\/([^/?#]*)([^?#]*)(\?[^#]*)?/.exec(href);
+    this.protocol = m[1]; this.host = m[2]; this.hostname = m[2].split(":")[0]; this.pathname = m[3] || "/";
+    this.search = m[4] || ""; this.searchParams = new URLSearchParams(this.search.slice(1));
+  }
+  toString() { return this.protocol + "//" + this.host + this.pathname + this.search; }
+}
+class Request {
+  constructor(url, init) { init = init || {}; this.url = url; this.method = init.method || "GET"; this.headers = new Headers(init.headers); this.cf = init.cf; this.body = init.body === undefined ? null : init.body; }
+  async text() { return this.body === null ? "" : this.body; }
+}
+class Response {
+  constructor(body, init) { init = init || {}; this.body = body === undefined ? null : body; this.status = init.status || 200; this.headers = new Headers(init.headers); }
+  async text() { return this.body === null ? "" : this.body; }
+}
+globalThis.Headers = Headers; globalThis.URL = URL; globalThis.Request = Request; globalThis.Response = Response;
+globalThis.__results = [];
+globalThis.__run = (method, url, headers, body) => {
+  const request = new Request(url, { method, headers, body, cf: { clientIp: "192.0.2.1" } });
+  const env = { TUNNEL: { fetch: async (r, opts) => new Response("origin", { status: 200 }) } };
+  Promise.resolve(globalThis.__worker.fetch(request, env, {})).then(
+    (r) => { __results.push({ status: r.status, headers: [...r.headers], body: r.body }); },
+    (e) => { __results.push({ error: String(e && e.stack || e) }); });
+};
+'''
+
+
+class QuickJSHarness:
+    """One QuickJS context with the shim and one generated single-module worker loaded."""
+
+    def __init__(self, worker):
+        assert len(worker.modules) == 1, "the harness runs single-module workers"
+        self.ctx = quickjs.Context()
+        self.ctx.eval(SHIM)
+        promise = self.ctx.module(worker.modules[worker.main_module])
+        self._drain()
+        del promise
+        self.ctx.module('import w from "<input>"; globalThis.__worker = w;')
+        self._drain()
+        if self.ctx.eval("typeof globalThis.__worker") != "object":
+            raise AssertionError("the module did not load: " + str(self.ctx.eval("String(globalThis.__worker)")))
+
+    def _drain(self) -> None:
+        while self.ctx.execute_pending_job():
+            pass
+
+    def fetch(self, method: str, url: str, headers: dict | None = None, body: str | None = None) -> dict:
+        """Run the worker's fetch; return ``{status, headers: [[k, v]…], body}`` with strings exact."""
+        import json
+
+        self.ctx.set("__args", json.dumps([method, url, headers or {}, body], ensure_ascii=True))
+        self.ctx.eval("__run(...JSON.parse(__args))")
+        self._drain()
+        result = json.loads(self.ctx.eval("JSON.stringify(__results.pop())"))
+        if "error" in result:
+            raise AssertionError(result["error"])
+        return result
+
+
+@pytest.fixture(scope="session")
+def qjs():
+    """Build a :class:`QuickJSHarness` for a GeneratedWorker."""
+    return QuickJSHarness

@@ -173,7 +173,8 @@ def _url_rewrite(p: Problems, path: str, raw: Any, kind: str) -> UrlRewrite | No
         try:
             if "(?P" in pattern:
                 raise re.error("use JavaScript's (?<name>…) for named groups")
-            re.compile(pattern)
+            # JavaScript spells named groups (?<name>…) and \k<name>; Python checks the rest.
+            re.compile(re.sub(r"\\k<(\w+)>", r"(?P=\1)", re.sub(r"\(\?<(?![=!])", "(?P<", pattern)))
         except re.error as exc:
             p.add(v.join(path, "from"), f"not a valid regular expression: {exc}")
             return None
