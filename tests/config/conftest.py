@@ -18,3 +18,8 @@ def reference_text() -> str:
 @pytest.fixture()
 def reference_doc(reference_text):
     return copy.deepcopy(load_yaml(reference_text))
+
+
+@pytest.fixture(scope="session")
+def reference_path() -> str:
+    return str(REFERENCE)
