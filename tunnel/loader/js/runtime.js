@@ -394,7 +394,14 @@
     waitUntil(p) { this.__w.push(Promise.resolve(p)); }
     passThroughOnException() {}
   }
-  for (const [k, v] of Object.entries({Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
+  const ungapClone = G.structuredClone;  // vendored @ungap/structured-clone
+  function structuredClone(value) {
+    try { return ungapClone(value); } catch (e) {
+      if (e instanceof TypeError) throw new DOMException(String(e.message), 'DataCloneError');
+      throw e;
+    }
+  }
+  for (const [k, v] of Object.entries({structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
     clearTimeout, clearInterval: clearTimeout, crypto, ExecutionContext, navigator: {userAgent: 'tunnel-loader (QuickJS)'}})) def(G, k, v);
 
   // ---------------------------------------------------------------- module registry (see linker.py)
@@ -501,7 +508,7 @@
         if (!p) break;
         pending.delete(m.id);
         if (!m.ok) p.reject(makeError(m.e));
-        else if (payload !== undefined) p.resolve(payload);
+        else if (payload !== undefined) p.resolve(m.v && m.v.bin ? {bin: payload} : payload);
         else p.resolve(m.v);
         break;
       }

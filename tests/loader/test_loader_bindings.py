@@ -1,0 +1,179 @@
+"""env, bindings, global_outbound, request.cf and streaming pass-through of bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunnel.loader import Loader, Request, Response, WorkerScriptError
+
+from .conftest import CountingFactory, code, run
+
+NOT_PERMITTED = ("Error: This worker is not permitted to access the internet via global functions like fetch(). "
+                 "It must use capabilities (such as bindings in 'env') to talk to the outside world.")
+
+
+class Stream:
+    """An async iterable body that records whether anyone iterated it."""
+
+    def __init__(self, chunks: list[bytes]):
+        self.chunks = chunks
+        self.iterated = False
+
+    def __aiter__(self):
+        self.iterated = True
+        return self._gen()
+
+    async def _gen(self):
+        for c in self.chunks:
+            yield c
+
+
+class Tunnel:
+    """A binding like the edge's env.TUNNEL: records calls, answers with a canned Response."""
+
+    def __init__(self, response: Response | None = None):
+        self.calls: list[tuple[Request, tuple]] = []
+        self.response = response
+
+    async def fetch(self, request: Request, *rest):
+        self.calls.append((request, rest))
+        if self.response is not None:
+            return self.response
+        return Response(200, {"x-origin": "yes", "content-type": "text/plain"}, b"origin:" + request.url.encode())
+
+    async def boom(self):
+        raise ValueError("binding exploded")
+
+    def plain(self, a, b):
+        return {"sum": a + b, "list": [a, b]}
+
+    async def blob(self):
+        return bytes([0, 1, 2, 255])
+
+
+async def test_global_outbound_none_blocks_fetch(loader):
+    src = """export default { async fetch() {
+      try { await fetch("https://example.com/") } catch (e) { return new Response(e.name + ": " + e.message) }
+      return new Response("reached") } }"""
+    _, body = await run(loader, "no-outbound", src)
+    assert body.decode() == NOT_PERMITTED
+
+
+async def test_global_outbound_binding_receives_requests(loader):
+    outbound = Tunnel()
+    src = """export default { async fetch() {
+      const r = await fetch("https://api.example.com/data?x=1", {method: "POST", headers: {"X-K": "v"}, body: "payload"});
+      return new Response((await r.text()) + "|" + r.headers.get("X-ORIGIN") + "|" + r.status) } }"""
+    _, body = await run(loader, "outbound", code(src, global_outbound=outbound))
+    assert body == b"origin:https://api.example.com/data?x=1|yes|200"
+    (req, rest), = outbound.calls
+    assert (req.method, req.url, req.headers["x-k"], req.body, rest) == ("POST", "https://api.example.com/data?x=1", "v",
+                                                                         b"payload", ())
+
+
+async def test_env_round_trip_and_binding_methods(loader):
+    tunnel = Tunnel()
+    env = {"STR": "s", "NUM": 1.5, "INT": 7, "BOOL": True, "NUL": None, "OBJ": {"a": [1, {"b": "c"}]}, "ARR": [1, "2"],
+           "TUNNEL": tunnel}
+    src = """export default { async fetch(req, env) {
+      const plain = await env.TUNNEL.plain(2, 3);
+      let err = null; try { await env.TUNNEL.boom() } catch (e) { err = [e.name, e.message] }
+      let missing = null; try { await env.TUNNEL.nope() } catch (e) { missing = e.name }
+      const blob = Array.from(new Uint8Array(await env.TUNNEL.blob()));
+      return Response.json({types: [typeof env.STR, typeof env.NUM, typeof env.INT, typeof env.BOOL, env.NUL, Array.isArray(env.ARR)],
+        values: [env.STR, env.NUM, env.INT, env.BOOL, env.OBJ, env.ARR], keys: Object.keys(env).sort(), plain, err, missing, blob,
+        hidden: typeof env.TUNNEL._secret}) } }"""
+    _, body = await run(loader, "env", code(src, env=env))
+    out = json.loads(body)
+    assert out["types"] == ["string", "number", "number", "boolean", None, True]
+    assert out["values"] == ["s", 1.5, 7, True, {"a": [1, {"b": "c"}]}, [1, "2"]]
+    assert out["keys"] == sorted(env)
+    assert out["plain"] == {"sum": 5, "list": [2, 3]}
+    assert out["err"] == ["RangeError", "binding exploded"]
+    assert out["missing"] == "TypeError"
+    assert out["blob"] == [0, 1, 2, 255]
+    assert out["hidden"] == "undefined"
+
+
+async def test_binding_fetch_gets_request_opts_and_cf(loader):
+    tunnel = Tunnel()
+    src = """export default { async fetch(req, env) {
+      const r = await env.TUNNEL.fetch(req, {tag: "t1", n: 2});
+      return new Response(req.cf.clientIp + "|" + (await r.text())) } }"""
+    req = Request("GET", "http://web.localhost/x", headers={"a": "b"}, cf={"clientIp": "1.2.3.4", "country": "NL"})
+    _, body = await run(loader, "cf", code(src, env={"TUNNEL": tunnel}), req)
+    assert body == b"1.2.3.4|origin:http://web.localhost/x"
+    (py_req, rest), = tunnel.calls
+    assert isinstance(py_req, Request) and py_req.headers["A"] == "b" and rest == ({"tag": "t1", "n": 2},)
+    assert py_req.cf == {"clientIp": "1.2.3.4", "country": "NL"}
+
+
+async def test_streaming_request_body_passes_through_untouched(loader):
+    tunnel = Tunnel()
+    stream = Stream([b"a" * 1000, b"b" * 1000])
+    src = "export default { fetch(req, env) { return env.TUNNEL.fetch(req) } }"
+    resp, body = await run(loader, "pass-req", code(src, env={"TUNNEL": tunnel}),
+                           Request("POST", "http://web.localhost/up", body=stream))
+    (py_req, _), = tunnel.calls
+    assert py_req.body is stream          # the very same object, never copied through JS
+    assert not stream.iterated
+    assert body == b"origin:http://web.localhost/up"
+
+    payload = b"\x00raw bytes\xff"
+    tunnel.calls.clear()
+    await run(loader, "pass-req-bytes", code(src, env={"TUNNEL": tunnel}),
+              Request("POST", "http://web.localhost/up", body=payload))
+    assert tunnel.calls[0][0].body is payload
+
+
+async def test_streaming_response_body_passes_through_unchanged_or_rewrapped(loader):
+    stream = Stream([b"chunk1", b"chunk2"])
+    tunnel = Tunnel(Response(201, {"X-Up": "1", "Content-Type": "video/mp4"}, stream))
+    src = """export default { async fetch(req, env) {
+      const r = await env.TUNNEL.fetch(req);
+      if (new URL(req.url).pathname === "/same") return r;
+      const out = new Response(r.body, r);
+      out.headers.set("X-Added", "yes"); out.headers.delete("x-up");
+      return new Response(out.body, {status: 202, headers: out.headers}) } }"""
+    stub = loader.get("pass-res", CountingFactory(code(src, env={"TUNNEL": tunnel})))
+    resp = await stub.fetch(Request("GET", "http://web.localhost/same"))
+    assert resp.body is stream and resp.status == 201 and resp.headers["x-up"] == "1"
+    resp = await stub.fetch(Request("GET", "http://web.localhost/wrapped"))
+    assert resp.body is stream and not stream.iterated
+    assert (resp.status, resp.headers["x-added"], "x-up" in resp.headers, resp.headers["content-type"]) == (
+        202, "yes", False, "video/mp4")
+    assert await resp.read() == b"chunk1chunk2"
+
+
+async def test_streaming_body_read_only_when_js_asks(loader):
+    stream = Stream([b'{"a":', b' 1}'])
+    src = "export default { async fetch(req) { const j = await req.json(); return Response.json({got: j.a}) } }"
+    _, body = await run(loader, "read-stream", src, Request("POST", "http://a/", body=stream))
+    assert stream.iterated and json.loads(body) == {"got": 1}
+
+
+async def test_body_reads_are_bounded():
+    async with Loader(shards=1, max_body_bytes=1000) as ld:
+        src = """export default { async fetch(req) {
+          try { await req.text() } catch (e) { return new Response(e.name + ": " + e.message, {status: 413}) }
+          return new Response("read") } }"""
+        resp, body = await run(ld, "bounded", src, Request("POST", "http://a/", body=Stream([b"x" * 600, b"y" * 600])))
+        assert resp.status == 413 and body.startswith(b"RangeError: body exceeds the limit of 1000 bytes")
+        resp, body = await run(ld, "bounded", src, Request("POST", "http://a/", body=b"x" * 999))
+        assert body == b"read"
+        # An unread oversized body still passes through to a binding.
+        tunnel = Tunnel()
+        pass_src = "export default { fetch(req, env) { return env.TUNNEL.fetch(req) } }"
+        big = Stream([b"z" * 5000])
+        await run(ld, "bounded-pass", code(pass_src, env={"TUNNEL": tunnel}), Request("POST", "http://a/", body=big))
+        assert tunnel.calls[0][0].body is big
+
+
+async def test_body_used_twice_is_a_type_error(loader):
+    tunnel = Tunnel()
+    src = """export default { async fetch(req, env) { await req.text(); return env.TUNNEL.fetch(req) } }"""
+    with pytest.raises(WorkerScriptError, match="TypeError: Body has already been used"):
+        await run(loader, "used-twice", code(src, env={"TUNNEL": tunnel}), Request("POST", "http://a/", body=b"abc"))
+    assert tunnel.calls == []
