@@ -15,6 +15,18 @@ DEFAULT_DATA_DIR = os.environ.get("TUNNEL_DATA_DIR") or os.path.join(
     os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "tunnel")
 
 
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"H:P"``, ``":P"`` or ``"P"`` → (host, port); ``[::1]:P`` for IPv6."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+        return host, int(port)
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return default_host, int(value)
+    return host or default_host, int(port)
+
+
 def tune_allocator() -> None:
     """Raise glibc's mmap and trim thresholds: bulk transfers otherwise spend their time in
     page faults (research/python-tunnel-perf.md: ~200 → ~685 MB/s). No-op elsewhere."""

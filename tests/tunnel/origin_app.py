@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import sys
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 BLOCK = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB of deterministic bytes
 

@@ -37,8 +37,8 @@ def call(args, method: str, path: str, body: Any = None) -> Any:
         try:
             token = (Path(args.data_dir) / ADMIN_TOKEN_FILE).read_text().strip()
         except OSError:
-            raise AdminError(f"no admin token: pass --admin-token, set TUNNEL_ADMIN_TOKEN, or point "
-                             f"--data-dir at the edge's data directory") from None
+            raise AdminError("no admin token: pass --admin-token, set TUNNEL_ADMIN_TOKEN, or point "
+                             "--data-dir at the edge's data directory") from None
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(args.admin.rstrip("/") + path, data=data, method=method,
                                      headers={"Authorization": f"Bearer {token}",

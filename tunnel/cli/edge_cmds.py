@@ -14,7 +14,7 @@ import tempfile
 
 from tunnel.cli.admin_client import AdminError, add_admin_arguments, call
 from tunnel.errors import HandshakeRefused
-from tunnel.runtime import DEFAULT_DATA_DIR, run
+from tunnel.runtime import DEFAULT_DATA_DIR, parse_hostport, run
 
 log = logging.getLogger("tunnel")
 
@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--url", required=True, help="local service, e.g. http://127.0.0.1:3000")
     p.add_argument("--connections", type=int, default=2, help="connections to the edge (default %(default)s)")
     p.add_argument("--origin-timeout", type=float, default=None, help="seconds to wait for the origin (default: the edge's)")
+    p.add_argument("--grace-period", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight requests get to finish (default %(default)s)")
+    p.add_argument("--metrics", metavar="H:P", help="serve /ready and /metrics on this address")
+    p.add_argument("--backoff-initial", type=float, default=1.0, help="first reconnect delay cap in s (default %(default)s)")
+    p.add_argument("--backoff-max", type=float, default=60.0, help="largest reconnect delay in s (default %(default)s)")
     p.set_defaults(func=cmd_connect)
 
     p = subparsers.add_parser("quick", help="expose a local URL through an embedded edge",
@@ -89,7 +94,7 @@ def _add_edge_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str):
-    from tunnel.edge.server import EdgeOptions, parse_hostport
+    from tunnel.edge.server import EdgeOptions
     return EdgeOptions(
         data_dir=data_dir, public=parse_hostport(public), connectors=parse_hostport(connectors),
         admin=parse_hostport(admin), admin_token=getattr(args, "admin_token", None),
@@ -109,8 +114,8 @@ def cmd_edge(args) -> int:
         if edge.admin_token:
             print(f"admin token (saved in {os.path.join(args.data_dir, 'admin.token')}): {edge.admin_token}", flush=True)
         await stop.wait()
-        log.info("shutting down")
-        await edge.stop()
+        log.info("draining: no new connections; in-flight requests get %.0f s", args.grace_period)
+        await edge.drain(args.grace_period)
         return 0
 
     return run(main)
@@ -123,24 +128,37 @@ def cmd_connect(args) -> int:
         return 2
     try:
         options = ConnectorOptions(edge=args.edge, token=args.token, url=args.url,
-                                   connections=max(1, args.connections), origin_timeout=args.origin_timeout)
+                                   connections=max(1, args.connections), origin_timeout=args.origin_timeout,
+                                   grace_period=args.grace_period, backoff_initial=args.backoff_initial,
+                                   backoff_max=args.backoff_max)
         connector = Connector(options)
+        metrics = parse_hostport(args.metrics) if args.metrics else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     async def main(stop: asyncio.Event) -> int:
+        from tunnel.connector.status import start_status_server
+        status = await start_status_server(connector, *metrics) if metrics else None
         task = asyncio.create_task(connector.run())
         waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-        connector.stop()
-        waiter.cancel()
         try:
-            await task
-        except HandshakeRefused as exc:
-            print(f"error: the edge refused this connector ({exc.code}): {exc.message}", file=sys.stderr)
-            return 3
-        return 0
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done() and not task.done():
+                log.info("draining: no new requests; in-flight ones get %.0f s", args.grace_period)
+                await connector.drain()
+            else:
+                connector.stop()
+            waiter.cancel()
+            try:
+                await task
+            except HandshakeRefused as exc:
+                print(f"error: the edge refused this connector ({exc.code}): {exc.message}", file=sys.stderr)
+                return 3
+            return 0
+        finally:
+            if status is not None:
+                await status.cleanup()
 
     return run(main)
 

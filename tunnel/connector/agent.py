@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 AGENT = "tunnel-connector/0.1"
 WELCOME_TIMEOUT = 10.0
+DRAIN_PING = b"drain\0\0\0"
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ConnectorOptions:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     origin_timeout: float | None = None  # None: use what the edge says
+    grace_period: float = 30.0
 
 
 class ConnectorSession(Session):
@@ -49,6 +51,8 @@ class ConnectorSession(Session):
         self.index = index
         self.welcomed = asyncio.get_running_loop().create_future()
         self.info: dict = {}
+        self.drain_acknowledged = asyncio.Event()
+        self.going_away = False
         super().__init__(Connection(Role.CONNECTOR, Settings()), ws.send, self._messages(),
                          name=f"edge-conn #{index}")
 
@@ -73,8 +77,33 @@ class ConnectorSession(Session):
                 self.welcomed.set_exception(HandshakeRefused(event.code, event.message, permanent))
             self.close(f"refused: {event.code}")
         elif kind is ev.GoAwayReceived:
-            log.info("%s: the edge is going away (%s); will reconnect", self.name, event.message)
+            log.info("%s: the edge is going away (%s); reconnecting once in-flight requests finish",
+                     self.name, event.message or "no reason given")
             self.connector.on_goaway(self)
+        elif kind is ev.PingAcknowledged and event.payload == DRAIN_PING:
+            self.drain_acknowledged.set()
+
+    def start_drain(self) -> None:
+        """Tell the edge to send no new streams here (GOAWAY), then PING: once the PING is
+        answered, every stream the edge opened before it saw the GOAWAY has arrived."""
+        if self.going_away or self.closed:
+            return
+        self.going_away = True
+        self.conn.goaway(ErrorCode.NO_ERROR, "connector draining")
+        self.conn.ping(DRAIN_PING)
+        self.flush_soon()
+
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until the drain is acknowledged and no stream is open, or until ``deadline``
+        (loop time); return True when idle."""
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            if self.drain_acknowledged.is_set() and not self.conn.streams:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def _on_request(self, event: ev.RequestReceived) -> None:
         head = event.head
@@ -109,6 +138,7 @@ class Connector:
         self._stop = asyncio.Event()
         self._fatal: HandshakeRefused | None = None
         self._tasks: list[asyncio.Task] = []
+        self._draining = False
 
     def allowed_service(self, url: str) -> Origin | None:
         """The origin for a service the edge asked for, if this connector may dial it."""
@@ -120,35 +150,66 @@ class Connector:
 
     @property
     def connected(self) -> int:
-        """Connections currently registered with the edge."""
+        """Connections currently registered with the edge and taking new requests."""
         return sum(1 for s in self.sessions.values() if s.welcomed.done() and not s.closed
-                   and s.welcomed.exception() is None)
+                   and not s.welcomed.exception() and not s.going_away)
 
     async def run(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_connected(i), name=f"edge-conn-{i}")
                        for i in range(self.options.connections)]
         stop = asyncio.create_task(self._stop.wait())
+        slots = asyncio.gather(*self._tasks)
         try:
-            await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([stop, slots], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            slots.cancel() if not slots.done() else slots.exception()
             self.pool.close()
         if self._fatal is not None:
             raise self._fatal
 
     def stop(self) -> None:
+        """Stop at once: close every connection (open streams fail)."""
         self._stop.set()
 
+    async def drain(self, grace_period: float | None = None) -> bool:
+        """Graceful stop: GOAWAY on every connection, let in-flight requests finish within the
+        grace period, then stop. Return True when nothing was cut off."""
+        grace = self.options.grace_period if grace_period is None else grace_period
+        self._draining = True
+        sessions = [s for s in self.sessions.values() if not s.closed]
+        for session in sessions:
+            session.start_drain()
+        deadline = asyncio.get_running_loop().time() + grace
+        results = await asyncio.gather(*(s.wait_idle(deadline) for s in sessions))
+        clean = all(results)
+        if not clean:
+            open_streams = sum(len(s.conn.streams) for s in sessions)
+            log.warning("grace period of %.0f s over; cutting %d request(s) off", grace, open_streams)
+        self.stop()
+        return clean
+
     def on_goaway(self, session: ConnectorSession) -> None:
-        """The edge asked us to go: reconnect this slot once its streams are done."""
-        session.close("edge sent GOAWAY")
+        """The edge asked us to go: close this connection once its streams are done, then the
+        slot reconnects (to the next edge process, after a restart)."""
+        if session.going_away:
+            return
+        session.going_away = True
+
+        async def close_when_idle() -> None:
+            deadline = asyncio.get_running_loop().time() + self.options.grace_period
+            session.drain_acknowledged.set()
+            await session.wait_idle(deadline)
+            session.close("edge sent GOAWAY")
+
+        asyncio.get_running_loop().create_task(close_when_idle())
 
     async def _keep_connected(self, index: int) -> None:
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._draining:
             served = False
             try:
                 served = await self._connect_once(index)
@@ -162,6 +223,8 @@ class Connector:
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 log.warning("edge-conn #%d: cannot reach the edge at %s: %s", index, self.options.edge,
                             _describe(exc))
+            if self._draining:
+                return
             attempt = 0 if served else attempt + 1
             delay = self._backoff(attempt)
             log.info("edge-conn #%d: reconnecting in %.1f s (attempt %d)", index, delay, attempt + 1)

@@ -48,6 +48,9 @@ _UPLOAD_BUFFER = 256 * 1024  # request bytes held at the edge before the client 
 _DROP_REQUEST = frozenset({"expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto",
                            "x-forwarded-host"})
 _DROP_RESPONSE = frozenset({"tunnel-error", "x-request-id"})
+#: Requests that may be sent again on another connection when theirs died before any answer.
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_RETRYABLE_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.REFUSED_STREAM})
 
 
 @dataclass
@@ -62,6 +65,7 @@ class PublicSettings:
     scheme: str = "http"
     trusted_proxies: list = field(default_factory=list)
     draining: bool = False
+    connections: set = field(default_factory=set)  # live PublicProtocol objects
 
     def trusts(self, ip: str) -> bool:
         if not self.trusted_proxies:
@@ -93,6 +97,7 @@ class PublicProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.settings.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self._arm_timer(self.settings.head_timeout)
@@ -128,6 +133,7 @@ class PublicProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.settings.connections.discard(self)
         self._cancel_timer()
         for exchange in self.exchanges:
             exchange.client_gone()
@@ -141,6 +147,22 @@ class PublicProtocol(asyncio.Protocol):
         active = self.upgraded or (self.exchanges[0] if self.exchanges else None)
         if active is not None:
             active.grant_credit()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request on this connection is in flight (or it is an upgraded relay)."""
+        return bool(self.exchanges) or self.upgraded is not None or self.parsing is not None
+
+    def close_if_idle(self) -> None:
+        """Drain: close a keep-alive connection that waits for its next request."""
+        if not self.busy and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self.closed = True
 
     # ------------------------------------------------------------------ httptools callbacks
     def on_message_begin(self) -> None:
@@ -209,7 +231,8 @@ class PublicProtocol(asyncio.Protocol):
             self.exchanges.popleft()
         if self.closed:
             return
-        if exchange.close_after or not exchange.keep_alive or not exchange.request_done:
+        if (exchange.close_after or not exchange.keep_alive or not exchange.request_done
+                or self.settings.draining):
             self.transport.close()
             self.closed = True
             return
@@ -257,7 +280,7 @@ class Exchange:
                  "upgrade", "session", "stream_id", "pending", "pending_size", "body_size",
                  "request_done", "request_ended", "started", "response_started", "response_done",
                  "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
-                 "awaiting_request_end")
+                 "awaiting_request_end", "retried")
 
     def __init__(self, proto: PublicProtocol):
         self.proto = proto
@@ -285,6 +308,7 @@ class Exchange:
         self.upgraded = False
         self.has_body = True  # until the head says otherwise
         self.awaiting_request_end = False
+        self.retried = False
 
     # ------------------------------------------------------------------ request side
     def start(self) -> None:
@@ -307,7 +331,8 @@ class Exchange:
                 client_rid = value
             elif lname == "x-forwarded-for":
                 forwarded_for = value
-        self.request_id = client_rid if client_rid and _REQUEST_ID.match(client_rid) else uuid.uuid4().hex
+        if not self.request_id:
+            self.request_id = client_rid if client_rid and _REQUEST_ID.match(client_rid) else uuid.uuid4().hex
         self.has_body = self.upgrade or transfer_encoding is not None or (
             content_length is not None and content_length.strip() not in ("", "0"))
         try:
@@ -445,7 +470,7 @@ class Exchange:
                         self.chunked = True
                     else:
                         self.close_after = True
-            if not self.keep_alive or self.close_after:
+            if not self.keep_alive or self.close_after or proto.settings.draining:
                 headers.append(("Connection", "close"))
             elif self.version == "1.0":
                 headers.append(("Connection", "keep-alive"))
@@ -478,9 +503,15 @@ class Exchange:
 
     def on_reset(self, code: int, message: str) -> None:
         """The stream was reset by the connector or its connection was lost."""
-        self.session = self.session  # keep for logging
         self.started = False
         if self.response_done:
+            return
+        if (code in _RETRYABLE_CODES and not self.response_started and not self.has_body
+                and not self.retried and self.method in _RETRYABLE and not self.proto.closed):
+            # Its connector connection died before any answer: safe to send it on another one.
+            self.retried = True
+            log.info("request %s: %s; retrying on another connection", self.request_id, message)
+            self.start()
             return
         if self.response_started:
             log.info("request %s: stream reset after the response began (%s: %s)", self.request_id,

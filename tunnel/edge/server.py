@@ -22,18 +22,6 @@ from tunnel.store import Store
 log = logging.getLogger(__name__)
 
 
-def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``"H:P"``, ``":P"`` or ``"P"`` → (host, port); ``[::1]:P`` for IPv6."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, port = value[1:].partition("]:")
-        return host, int(port)
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return default_host, int(value)
-    return host or default_host, int(port)
-
-
 @dataclass
 class EdgeOptions:
     """Settings of one edge (the flags of `tunnel edge`)."""
@@ -97,6 +85,29 @@ class Edge:
         self._runners.append(runner)
         return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    async def drain(self, grace_period: float | None = None) -> bool:
+        """Graceful stop: refuse new public connections, let in-flight requests finish within
+        the grace period, then tell connectors to reconnect and stop. Return True when no
+        request was cut off."""
+        grace = self.options.grace_period if grace_period is None else grace_period
+        self.ready = False
+        self.draining = True
+        settings = self.public_settings
+        settings.draining = True
+        if self._public_server is not None:
+            self._public_server.close()
+        for proto in list(settings.connections):
+            proto.close_if_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(p.busy for p in settings.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        busy = sum(1 for p in settings.connections if p.busy)
+        if busy:
+            log.warning("grace period of %.0f s over; cutting %d connection(s) off", grace, busy)
+        await self.stop()
+        return busy == 0
+
     async def stop(self) -> None:
         """Close every listener and connection."""
         self.ready = False
@@ -107,6 +118,8 @@ class Edge:
             session.conn.goaway(ErrorCode.SHUTDOWN, "edge shutting down; reconnect")
             session.flush_soon()
             session.close("edge shutting down")
+        for proto in list(self.public_settings.connections):
+            proto.abort()
         for runner in self._runners:
             await runner.cleanup()
         if self._public_server is not None:
