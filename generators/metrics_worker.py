@@ -75,7 +75,7 @@ const SERIES = METRICS.map(() => new Map());
 
 export default {
   async fetch(request) {
-    const url = new URL(request.url);
+    const url = { pathname: request.url.replace(/^[a-z]+:\/\/[^/?#]*/, "").split(/[?#]/)[0] || "/" };
     if (url.pathname === "/observe" && request.method === "POST") {
       let exchanges;
       try { exchanges = JSON.parse(await request.text()); } catch (e) { return text(400, "body must be JSON\n"); }

@@ -174,7 +174,13 @@ class URL {
   toString() { return this.protocol + "//" + this.host + this.pathname + this.search; }
 }
 class Request {
-  constructor(url, init) { init = init || {}; this.url = url; this.method = init.method || "GET"; this.headers = new Headers(init.headers); this.cf = init.cf; this.body = init.body === undefined ? null : init.body; }
+  constructor(input, init) {
+    const src = input instanceof Request ? input : null;
+    init = init || {};
+    this.url = src ? src.url : input; this.method = init.method || (src ? src.method : "GET");
+    this.headers = new Headers(init.headers || (src ? src.headers : undefined)); this.cf = init.cf || (src ? src.cf : undefined);
+    this.body = init.body !== undefined ? init.body : (src ? src.body : null);
+  }
   async text() { return this.body === null ? "" : this.body; }
 }
 class Response {

@@ -58,6 +58,24 @@ async def test_url_rewrite_keeps_the_query(runner):
     assert [r.url for r, _ in origin.seen] == ["http://t.localhost/api/v1/users/7?full=1", "http://t.localhost/other"]
 
 
+async def test_url_rewrite_and_header_changes_keep_the_body(runner):
+    stub, origin = await runner.policy([{"actions": [
+        {"url_rewrite": {"from": "^/upload/(.*)$", "to": "/files/$1?x"}}, {"set_request_headers": {"X-A": "1"}}]}])
+    await runner.send(stub, "/upload/a%20b?keep=1", "POST", headers={"Content-Type": "text/plain"}, body=b"payload")
+    request, _ = origin.seen[0]
+    assert request.url == "http://t.localhost/files/a%20b%3Fx?keep=1" and request.method == "POST"
+    assert request.headers["x-a"] == "1" and request.headers["content-type"] == "text/plain"
+    assert await request.read() == b"payload"
+
+
+async def test_query_match_decodes_like_urlsearchparams(runner):
+    stub, _ = await runner.policy([{"match": {"query": {"q": "a b/ü"}}, "actions": [{"deny": {}}]}])
+    assert (await runner.send(stub, "/?x=1&q=a+b%2F%C3%BC"))[0] == 403
+    assert (await runner.send(stub, "/?q=a%20b/%C3%BC&q=other"))[0] == 403
+    assert (await runner.send(stub, "/?q=a%2Bb"))[0] == 200
+    assert (await runner.send(stub, "/?q=%E0%A4%A"))[0] == 200
+
+
 async def test_redirect_location_is_sent_exactly_as_written(runner):
     location = "/new/?a=b&c=%20d#frag"
     stub, origin = await runner.policy([{"match": {"path": "/old/*"},
