@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import sys
+import time
 from collections import OrderedDict
 
 from . import linker
@@ -21,6 +23,7 @@ from .protocol import FrameBuffer, encode
 
 _MEM_EVERY = 64
 _PLAN_CACHE = 256
+_PROGRESS_S = 0.005
 
 
 class Child:
@@ -132,10 +135,16 @@ def reply(seq: int, out: list, js: list) -> bytes:
 
 
 def main(fd: int) -> None:
-    """Serve the loader on socket ``fd`` until it closes."""
+    """Serve the loader on socket ``fd`` until it closes.
+
+    Answers each batch of frames read at once with one frame, and sooner when a batch runs
+    long (every ``_PROGRESS_S``), so the loader's watchdog sees progress.
+    """
     sock = socket.socket(fileno=fd)
     frames = FrameBuffer()
     child = Child()
+    sock.sendall(encode({"hello": os.getpid()}))
+    clock = time.monotonic
     while True:
         try:
             data = sock.recv(1 << 20)
@@ -146,10 +155,14 @@ def main(fd: int) -> None:
         out: list = []
         js: list = []
         seq = None
+        last = clock()
         for header, blob in frames.feed(data):
             seq = header.get("seq", seq)
             child.handle(header, blob, out, js)
-        if seq is not None:
+            if clock() - last > _PROGRESS_S:
+                sock.sendall(reply(seq, out, js))
+                out, js, last = [], [], clock()
+        if seq is not None and (out or js or clock() - last <= _PROGRESS_S):
             sock.sendall(reply(seq, out, js))
 
 

@@ -88,12 +88,14 @@ class Loader:
         load_cpu_limit_ms: CPU time for evaluating the modules of a worker.
         max_body_bytes: largest body a worker may read into memory with text()/json()/arrayBuffer().
         shards: number of shard processes (default: CPU count).
-        hang_timeout_s: a shard that has work and answers nothing this long is killed and restarted.
+        hang_timeout_s: a shard that has work and answers nothing this long is killed and restarted
+            (default: ``max(1.5, 3 × max(cpu_limit, load_cpu_limit))`` seconds). The CPU limit stops
+            ordinary runaways long before; the watchdog is for native operations QuickJS cannot interrupt.
     """
 
     def __init__(self, *, cpu_limit_ms: float = 50, memory_limit_mb: float = 64, max_workers: int = 1000,
                  memory_budget_mb: float = 1024, idle_s: float = 300.0, failure_ttl_s: float = 5.0,
-                 load_timeout_s: float = 10.0, load_cpu_limit_ms: float = 1000,
+                 load_timeout_s: float = 10.0, load_cpu_limit_ms: float = 400,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None,
                  hang_timeout_s: float | None = None):
         if cpu_limit_ms <= 0 or memory_limit_mb <= 0 or max_workers < 1 or shards is not None and shards < 1:
@@ -103,7 +105,7 @@ class Loader:
         self.idle_s, self.failure_ttl_s, self.load_timeout_s = idle_s, failure_ttl_s, load_timeout_s
         limits = Limits(cpu_limit_ms / 1000.0, int(memory_limit_mb * 1024 * 1024), load_cpu_limit_ms / 1000.0,
                         max_body_bytes)
-        hang = hang_timeout_s if hang_timeout_s is not None else max(1.0, 20 * cpu_limit_ms / 1000.0)
+        hang = hang_timeout_s if hang_timeout_s is not None else max(1.5, 3 * max(cpu_limit_ms, load_cpu_limit_ms) / 1000.0)
         n = shards or os.cpu_count() or 1
         self._shards = [Shard(i, limits, hang, self._on_dead, self._on_memory) for i in range(n)]
         self._entries: OrderedDict[str, _Entry] = OrderedDict()

@@ -37,6 +37,7 @@ log = logging.getLogger("tunnel.loader")
 worker_log = logging.getLogger("tunnel.loader.worker")
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _MAX_TIMER_S = 3600.0
+_START_TIMEOUT_S = 30.0
 
 
 class Limits:
@@ -149,8 +150,19 @@ class Shard:
         self.frames = FrameBuffer()
         self.seq = self.acked = 0
         self.sent.clear()
-        transport, _ = await loop.create_unix_connection(lambda: _ShardProtocol(self), sock=parent)
+        hello = loop.create_future()
+        transport, _ = await loop.create_unix_connection(lambda: _ShardProtocol(self, hello), sock=parent)
+        try:
+            await asyncio.wait_for(hello, _START_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError) as exc:
+            transport.abort()
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise WorkerUnavailable(f"shard {self.index} did not start: {exc!r}", js_name="Error",
+                                    js_message="shard did not start") from None
         self.transport = transport
+        self.last_progress = time.monotonic()
         self.watchdog = loop.call_later(self.hang_timeout_s / 4, self._check)
 
     def _check(self) -> None:
@@ -511,8 +523,9 @@ def _js_error_name(exc: BaseException) -> str:
 
 
 class _ShardProtocol(asyncio.Protocol):
-    def __init__(self, shard: Shard):
+    def __init__(self, shard: Shard, hello: asyncio.Future):
         self.shard = shard
+        self.hello = hello
 
     def data_received(self, data: bytes) -> None:
         shard = self.shard
@@ -522,9 +535,16 @@ class _ShardProtocol(asyncio.Protocol):
             shard.kill(f"protocol error: {exc}")
             return
         for header, blob in frames:
+            if "hello" in header:
+                if not self.hello.done():
+                    self.hello.set_result(header["hello"])
+                continue
             shard._frame(header, blob)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError("shard process exited during start"))
+            self.hello.exception()
         shard = self.shard
         if shard.transport is not None:
             shard._lost(None, "process exited")
