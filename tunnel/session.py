@@ -50,7 +50,7 @@ class Session:
 
     def __init__(self, conn: Connection, send: Callable[[bytes], Awaitable[None]],
                  messages: AsyncIterator[bytes], *, name: str = "session",
-                 ping_interval: float = 5.0, dead_after: float = 15.0):
+                 ping_interval: float = 4.0, dead_after: float = 12.0):
         self.conn = conn
         self.name = name
         self.handlers: dict[int, StreamHandler] = {}
@@ -105,16 +105,21 @@ class Session:
             self._closed.set()
 
     async def _ping_loop(self) -> None:
+        """Liveness (PROTOCOL.md §7): PING after ``ping_interval`` of silence from the peer,
+        close once it has been silent for ``dead_after``. Checked every second."""
+        last_ping = 0.0
         while not self._closed.is_set():
-            await asyncio.sleep(self._ping_interval)
-            idle = time.monotonic() - self.last_received
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            idle = now - self.last_received
             if idle > self._dead_after:
                 self.close_reason = f"no traffic from the peer for {idle:.0f} s"
                 log.warning("%s: %s; closing", self.name, self.close_reason)
                 self._closed.set()
                 return
-            if idle >= self._ping_interval:
-                self.conn.ping(int(time.monotonic() * 1000).to_bytes(8, "big"))
+            if idle >= self._ping_interval and now - last_ping >= self._ping_interval:
+                last_ping = now
+                self.conn.ping(int(now * 1000).to_bytes(8, "big"))
                 self.flush_soon()
 
     # ---------------------------------------------------------------- reading

@@ -215,3 +215,43 @@ async def test_edge_ready_endpoint(stack):
     async with aiohttp.ClientSession() as client:
         async with client.get(f"http://127.0.0.1:{stack.admin}/ready") as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "ready"
+
+
+async def test_sigterm_edge_finishes_in_flight_request_then_connector_reconnects(stack):
+    stack.start()
+    token = stack.create()
+    stack.connect(token, 2)
+    await asyncio.to_thread(stack.wait_connections, 2)
+    async with aiohttp.ClientSession() as client:
+        request = asyncio.create_task(client.get(base_url(stack) + "/slow?delay=2", headers={"Host": HOST}))
+        await asyncio.sleep(0.5)
+        stack.edge.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # No new public connections while draining ...
+        assert isinstance(await status_of(base_url(stack)), str)
+        # ... but the request in flight completes.
+        resp = await asyncio.wait_for(request, 10)
+        assert resp.status == 200 and await resp.read() == b"slow done\n"
+    assert await asyncio.to_thread(stack.edge.wait, 10) == 0
+    stack.start_edge()
+    await wait_status(base_url(stack), 200, 20)
+
+
+async def test_a_frozen_connector_is_detected_within_15_s(stack):
+    stack.start()
+    token = stack.create()
+    connector = stack.connect(token, 1)
+    await asyncio.to_thread(stack.wait_connections, 1)
+    frozen = time.monotonic()
+    os.kill(connector.pid, signal.SIGSTOP)
+    try:
+        while stack.connections() != 0:
+            assert time.monotonic() - frozen < 17, "the edge did not notice a silent connection"
+            await asyncio.sleep(0.25)
+        detected = time.monotonic() - frozen
+        assert await status_of(base_url(stack)) == 530
+    finally:
+        os.kill(connector.pid, signal.SIGCONT)
+    back = await wait_status(base_url(stack), 200, 20)
+    print(f"\nfrozen connector: edge closed its connection after {detected:.1f} s; "
+          f"served again {back:.1f} s after SIGCONT")
