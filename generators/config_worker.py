@@ -24,7 +24,7 @@ const CONFIG_JSON = %(config_json)s;
 const TABLE = %(table)s;
 
 const EXACT = new Map(TABLE.exact);
-const WILDCARDS = TABLE.wildcards; // [".suffix", tunnel], longest suffix first
+const WILDCARDS = new Map(TABLE.wildcards); // ".suffix" -> tunnel
 const INGRESS = new Map(TABLE.ingress);
 
 export default {
@@ -78,12 +78,12 @@ function hostMatches(pattern, host) {
 function route(rawHost, path) {
   const host = normalizeHost(rawHost);
   let tunnel = EXACT.get(host), hostname = host;
-  if (tunnel === undefined) {
-    const hit = WILDCARDS.find(([suffix]) => host.length > suffix.length && host.endsWith(suffix));
-    if (hit === undefined) return null;
-    tunnel = hit[1];
-    hostname = "*" + hit[0];
+  // Otherwise the longest "*." suffix: one lookup per label.
+  for (let dot = host.indexOf(".", 1); tunnel === undefined && dot > 0; dot = host.indexOf(".", dot + 1)) {
+    tunnel = WILDCARDS.get(host.slice(dot));
+    hostname = "*" + host.slice(dot);
   }
+  if (tunnel === undefined) return null;
   let ingress = null;
   for (const rule of INGRESS.get(tunnel) || []) {
     if ((rule.hostname === null || hostMatches(rule.hostname, host)) && (rule.path === null || globMatch(rule.path, path))) {

@@ -30,10 +30,22 @@ class RoutingTable:
         tunnel = self.exact.get(host)
         if tunnel is not None:
             return tunnel, host
-        for suffix, tunnel in self.wildcards:
-            if host.endswith(suffix) and len(host) > len(suffix):
-                return tunnel, "*" + suffix
+        index = self._wildcard_index
+        dot = host.find(".", 1)
+        while dot > 0:  # longest suffix first: one dict lookup per label
+            tunnel = index.get(host[dot:])
+            if tunnel is not None:
+                return tunnel, "*" + host[dot:]
+            dot = host.find(".", dot + 1)
         return None
+
+    @property
+    def _wildcard_index(self) -> dict[str, str]:
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = dict(self.wildcards)
+            object.__setattr__(self, "_index", index)
+        return index
 
     def route(self, host: str, path: str = "/") -> dict[str, Any] | None:
         """The config worker's ``/route`` answer: ``{tunnel, hostname, ingress}``, or None (404).
