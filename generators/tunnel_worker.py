@@ -56,7 +56,7 @@ def generate_tunnel_worker(tunnel: TunnelConfig) -> GeneratedWorker:
 
     summary = (f"policy of tunnel {tunnel.name}: {len(policy.on_request)} on_request rule(s), "
                f"{len(policy.on_response)} on_response rule(s)"
-               + (f", custom worker {CUSTOM_PREFIX}{custom.main_module}" if custom else ""))
+               + (f", custom worker ({len(custom.modules)} module(s) under {CUSTOM_PREFIX})" if custom else ""))
     if custom is not None:
         e.line(0, f"import custom from {js('./' + CUSTOM_PREFIX + custom.main_module)};")
         e.line(0)
