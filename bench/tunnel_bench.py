@@ -1,0 +1,579 @@
+"""Benchmark: a 1 KiB GET and a large download, direct to an nginx origin vs through the tunnel.
+
+    cd /work/main && .venv/bin/python -m bench.tunnel_bench            # 3 repeats, 10 s runs, 1 GiB
+    cd /work/main && .venv/bin/python -m bench.tunnel_bench --quick    # 1 repeat, 3 s runs, 256 MiB
+
+Everything runs on 127.0.0.1 and is started by this script: an nginx origin (config and files in
+a temp dir under /tmp, port from a free-port probe), a real edge (`tunnel edge`), a tunnel created
+through the admin API (`tunnel tunnels create --json`) and a real connector (`tunnel connect`),
+each its own process -- the realistic two-process setup. It measures, in the same run and
+interleaved (direct, then tunnel, for every level of every repeat):
+
+- 1 KiB GET with wrk at concurrency 1, 16 and 64: requests/s, p50/p99 latency (from a wrk Lua
+  ``done()`` hook) and the tunnel's CPU time per request (edge + connector utime+stime from
+  /proc/PID/stat over the run, process trees included, divided by the requests wrk completed);
+- a large download with curl to /dev/null: MB/s and the tunnel's CPU seconds per GB;
+- the peak resident memory (VmHWM) of edge and connector, beside their idle and final VmRSS.
+
+It prints medians over the repeats and the tunnel/direct ratio (median of the per-repeat ratios,
+each from the same repeat). It installs nothing: if wrk, nginx or curl is missing it says what to
+install and exits 2. It stops only the processes it started (also on Ctrl-C, SIGTERM or an
+exception) and removes its temp dir. Every wait is bounded in count and time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HZ = os.sysconf("SC_CLK_TCK")
+HOSTNAME = "bench.localhost"
+CONNS = (1, 16, 64)
+WRK_THREADS = 2
+
+REPORT_LUA = r"""
+-- wrk done() hook: one machine-readable line per run (latencies in ms).
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT rps=%.2f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f reqs=%d secs=%.3f err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
+    summary.requests, summary.duration / 1e6,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+NGINX_CONF = """{user}
+worker_processes 1;
+daemon off;
+pid {run}/nginx.pid;
+error_log {run}/nginx_error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 65; keepalive_requests 1000000;
+  client_body_temp_path {run}/ngx_body; proxy_temp_path {run}/ngx_proxy;
+  fastcgi_temp_path {run}/ngx_fcgi; uwsgi_temp_path {run}/ngx_uwsgi; scgi_temp_path {run}/ngx_scgi;
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port} default_server; server_name _; root {www}; }}
+}}
+"""
+
+
+class BenchError(Exception):
+    """A setup or measurement failure worth a clear one-line message."""
+
+
+# ----------------------------------------------------------------------------- processes
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Procs:
+    """Only the processes this script started; stopped by PID, never by name."""
+    items: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], log_dir: Path, env: dict | None = None) -> Proc:
+        log = log_dir / f"{name}.log"
+        with open(log, "wb") as fh:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.items.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in reversed(self.items):
+            if p.popen.poll() is None:
+                try:
+                    p.popen.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for p in reversed(self.items):
+            try:
+                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                try:
+                    p.popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    print(f"warning: {p.name} (pid {p.popen.pid}) did not exit after SIGKILL", file=sys.stderr)
+        self.items.clear()
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in lines[-n:]) or "    (empty log)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: Proc, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise BenchError(f"{proc.name} exited with {proc.popen.returncode} before listening on {port}:\n"
+                             f"{tail(proc.log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise BenchError(f"{proc.name} did not listen on 127.0.0.1:{port} within {seconds:.0f} s:\n{tail(proc.log)}")
+
+
+def http_get(url: str, host: str | None, timeout: float = 3.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_http_ok(url: str, host: str | None, expect: bytes, procs: list[Proc], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.popen.poll() is not None:
+                raise BenchError(f"{p.name} exited with {p.popen.returncode}:\n{tail(p.log)}")
+        try:
+            status, body = http_get(url, host)
+            if status == 200 and body == expect:
+                return
+            last = f"status {status}, {len(body)} bytes"
+        except (OSError, urllib.error.URLError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise BenchError(f"{url} (Host: {host}) did not return the 1 KiB file within {seconds:.0f} s (last: {last})")
+
+
+# ----------------------------------------------------------------------------- /proc readings
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    out.extend(int(x) for x in fh.read().split())
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its live descendants (bounded walk)."""
+    seen, todo = [], [pid]
+    while todo and len(seen) < 1000:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.append(p)
+        todo.extend(_children(p))
+    return seen
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime+stime+cutime+cstime of one process (reaped children included), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    # after "comm)": state is fields[0]; utime, stime, cutime, cstime are stat fields 14..17
+    return sum(int(x) for x in fields[11:15])
+
+
+def tunnel_cpu_s(pids: list[int]) -> float:
+    return sum(cpu_ticks(p) for root in pids for p in tree(root)) / HZ
+
+
+def status_kb(pid: int, key: str) -> int:
+    """VmRSS / VmHWM of pid plus its descendants, in KiB."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+# ----------------------------------------------------------------------------- measurements
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    reqs: int
+    errors: dict[str, int]
+    cpu_us_per_req: float | None
+
+
+@dataclass
+class DlResult:
+    mbps: float
+    secs: float
+    size: int
+    status: int
+    cpu_s_per_gb: float | None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = procs
+        self.www = tmp / "www"
+        self.run_dir = tmp / "run"
+        self.lua = tmp / "report.lua"
+        self.big_bytes = args.download_mib * 1024 * 1024
+        self.edge: Proc | None = None
+        self.connector: Proc | None = None
+        self.direct_url = ""
+        self.tunnel_url = ""
+        self.one_k = b""
+        self.rss_idle: dict[str, int] = {}
+
+    # ---- setup
+    def prepare_files(self) -> None:
+        self.www.mkdir(parents=True)
+        self.run_dir.mkdir(parents=True)
+        self.lua.write_text(REPORT_LUA)
+        self.one_k = os.urandom(1024)
+        (self.www / "1k.bin").write_bytes(self.one_k)
+        block = os.urandom(4 * 1024 * 1024)   # incompressible within any deflate window
+        with open(self.www / "big.bin", "wb") as fh:
+            left = self.big_bytes
+            while left > 0:
+                n = min(left, len(block))
+                fh.write(block[:n])
+                left -= n
+        os.chmod(self.tmp, 0o755)
+        for p in (self.www, self.www / "1k.bin", self.www / "big.bin"):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+    def start_origin(self) -> None:
+        port = free_port()
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(user=user, run=self.run_dir, port=port, www=self.www))
+        origin = self.procs.start("nginx", ["nginx", "-p", str(self.run_dir), "-c", str(conf)], self.tmp)
+        wait_port(port, origin, 10)
+        self.direct_url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{self.direct_url}/1k.bin", None, self.one_k, [origin], 10)
+
+    def start_tunnel(self) -> None:
+        exe = self.args.tunnel
+        public, conn, admin = free_port(), free_port(), free_port()
+        data = self.tmp / "edge-data"
+        env = dict(os.environ)
+        self.edge = self.procs.start("edge", [
+            exe, "--log-level", "WARNING", "edge", "--public", f"127.0.0.1:{public}",
+            "--connectors", f"127.0.0.1:{conn}", "--admin", f"127.0.0.1:{admin}",
+            "--data-dir", str(data), "--grace-period", "2"], self.tmp, env)
+        for port in (public, conn, admin):
+            wait_port(port, self.edge, 20)
+        try:
+            out = subprocess.run(
+                [exe, "--log-level", "WARNING", "tunnels", "create", "bench", "--hostname", HOSTNAME,
+                 "--admin", f"http://127.0.0.1:{admin}", "--data-dir", str(data), "--json"],
+                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BenchError("`tunnel tunnels create` did not finish within 30 s") from None
+        if out.returncode != 0:
+            raise BenchError(f"`tunnel tunnels create` failed ({out.returncode}): {out.stderr.strip()}")
+        try:
+            token = json.loads(out.stdout)["token"]
+        except (ValueError, KeyError) as exc:
+            raise BenchError(f"`tunnel tunnels create --json` printed no token ({exc}): {out.stdout!r}") from None
+        env_c = dict(os.environ, TUNNEL_TOKEN=token)   # token via env: not visible in ps
+        self.connector = self.procs.start("connector", [
+            exe, "--log-level", "WARNING", "connect", "--edge", f"ws://127.0.0.1:{conn}",
+            "--url", self.direct_url], self.tmp, env_c)
+        self.tunnel_url = f"http://127.0.0.1:{public}"
+        wait_http_ok(f"{self.tunnel_url}/1k.bin", HOSTNAME, self.one_k, [self.edge, self.connector], 30)
+
+    def tunnel_pids(self) -> list[int]:
+        return [self.edge.popen.pid, self.connector.popen.pid]
+
+    def check_alive(self) -> None:
+        for p in (self.edge, self.connector):
+            if p.popen.poll() is not None:
+                raise BenchError(f"the {p.name} crashed (exit {p.popen.returncode}) during the run:\n{tail(p.log)}")
+
+    # ---- measurements
+    def wrk(self, path: str, conns: int, seconds: int) -> WrkResult:
+        url, host = (self.direct_url, None) if path == "direct" else (self.tunnel_url, HOSTNAME)
+        argv = ["wrk", f"-t{min(conns, WRK_THREADS)}", f"-c{conns}", f"-d{int(seconds)}s", "--timeout", "5s",
+                "-s", str(self.lua)]
+        if host:
+            argv += ["-H", f"Host: {host}"]
+        argv.append(f"{url}/1k.bin")
+        cpu0 = tunnel_cpu_s(self.tunnel_pids())
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
+                                 stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk did not finish within {seconds + 30:.0f} s ({path}, c={conns})") from None
+        cpu1 = tunnel_cpu_s(self.tunnel_pids())
+        with open(self.tmp / "wrk.log", "a") as fh:
+            fh.write(f"### {path} c={conns}\n{out.stdout}{out.stderr}\n")
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise BenchError(f"wrk printed no RESULT line ({path}, c={conns}): {out.stdout[-500:]} {out.stderr[-500:]}")
+        kv = dict(item.split("=", 1) for item in line.split()[1:])
+        reqs = int(kv["reqs"])
+        errors = {k[4:]: int(v) for k, v in kv.items() if k.startswith("err_") and int(v)}
+        cpu = (cpu1 - cpu0) * 1e6 / reqs if path == "tunnel" and reqs else None
+        return WrkResult(float(kv["rps"]), float(kv["p50_ms"]), float(kv["p99_ms"]), float(kv["max_ms"]),
+                         reqs, errors, cpu)
+
+    def download(self, path: str) -> DlResult:
+        url, host = (self.direct_url, None) if path == "direct" else (self.tunnel_url, HOSTNAME)
+        limit = self.args.download_timeout
+        argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(limit),
+                "-w", "%{size_download} %{time_total} %{http_code}"]
+        if host:
+            argv += ["-H", f"Host: {host}"]
+        argv.append(f"{url}/big.bin")
+        cpu0 = tunnel_cpu_s(self.tunnel_pids())
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 15,
+                                 stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"curl did not finish within {limit + 15} s ({path} download)") from None
+        cpu1 = tunnel_cpu_s(self.tunnel_pids())
+        try:
+            size_s, secs_s, code_s = out.stdout.split()
+            size, secs, code = int(float(size_s)), float(secs_s), int(code_s)
+        except ValueError:
+            size, secs, code = 0, 0.0, 0
+        mbps = size / secs / 1e6 if secs > 0 else 0.0
+        cpu = (cpu1 - cpu0) / (size / 1e9) if path == "tunnel" and size else None
+        return DlResult(mbps, secs, size, code, cpu)
+
+
+# ----------------------------------------------------------------------------- report
+def med(vals: list[float]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def f(v: float | None, nd: int = 0) -> str:
+    return "-" if v is None else f"{v:,.{nd}f}"
+
+
+def span(vals: list[float], nd: int = 0) -> str:
+    vals = [v for v in vals if v is not None]
+    if len(vals) < 2:
+        return ""
+    return f" [{min(vals):,.{nd}f}-{max(vals):,.{nd}f}]"
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+
+
+def report(b: Bench, wrk: dict, dl: dict, args, started: str, load0: str) -> None:
+    reps = args.repeats
+    print()
+    print(f"## tunnel benchmark: direct (nginx) vs through the tunnel (edge + connector processes)")
+    print(f"{started}; {os.cpu_count()} CPUs; loadavg at start {load0}, at end {loadavg()}; "
+          f"{reps} repeat(s), wrk {args.duration:g} s runs, -t{WRK_THREADS} --timeout 5s; "
+          f"download {args.download_mib} MiB")
+    print("Values are medians over the repeats ([min-max] when repeated); ratio = tunnel/direct within "
+          "each repeat, median. CPU = edge + connector utime+stime (/proc/PID/stat) over the run.")
+    print()
+    print("### 1 KiB GET (wrk)")
+    print()
+    rows = []
+    for c in CONNS:
+        for path in ("direct", "tunnel"):
+            rs: list[WrkResult] = wrk[(path, c)]
+            rps = [r.rps for r in rs]
+            errs: dict[str, int] = {}
+            for r in rs:
+                for k, v in r.errors.items():
+                    errs[k] = errs.get(k, 0) + v
+            err_s = ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "0"
+            if path == "tunnel":
+                d = wrk[("direct", c)]
+                ratio = med([t.rps / x.rps for t, x in zip(rs, d) if x.rps])
+                p99r = med([t.p99_ms / x.p99_ms for t, x in zip(rs, d) if x.p99_ms])
+                ratio_s, p99r_s = f(ratio, 3), f(p99r, 1)
+                cpu_s = f(med([r.cpu_us_per_req for r in rs])) + span([r.cpu_us_per_req for r in rs])
+            else:
+                ratio_s = p99r_s = cpu_s = ""
+            rows.append([f"c={c} {path}", f(med(rps)) + span(rps), ratio_s,
+                         f(med([r.p50_ms for r in rs]), 2), f(med([r.p99_ms for r in rs]), 2), p99r_s,
+                         cpu_s, f(sum(r.reqs for r in rs)), err_s])
+    print(table(["path", "req/s", "ratio", "p50 ms", "p99 ms", "p99 ratio", "tunnel CPU µs/req",
+                 "requests", "errors (non-2xx = status)"], rows))
+    print()
+    print(f"### {args.download_mib} MiB download (curl -o /dev/null)")
+    print()
+    rows = []
+    for path in ("direct", "tunnel"):
+        rs: list[DlResult] = dl[path]
+        ok = sum(1 for r in rs if r.status == 200 and r.size == b.big_bytes)
+        mb = [r.mbps for r in rs]
+        if path == "tunnel":
+            ratio_s = f(med([t.mbps / x.mbps for t, x in zip(rs, dl["direct"]) if x.mbps]), 3)
+            cpu_s = f(med([r.cpu_s_per_gb for r in rs]), 2) + span([r.cpu_s_per_gb for r in rs], 2)
+        else:
+            ratio_s = cpu_s = ""
+        rows.append([path, f(med(mb)) + span(mb), ratio_s, f(med([r.secs for r in rs]), 2), cpu_s,
+                     f"{ok}/{len(rs)}"])
+    print(table(["path", "MB/s", "ratio", "seconds", "tunnel CPU s/GB", "complete + 200"], rows))
+    print()
+    print("### tunnel memory (KiB: VmRSS idle after start-up, VmRSS at end, VmHWM peak)")
+    print()
+    rows = []
+    for p in (b.edge, b.connector):
+        rows.append([p.name, f(b.rss_idle.get(p.name)), f(status_kb(p.popen.pid, "VmRSS")),
+                     f(status_kb(p.popen.pid, "VmHWM")), f(status_kb(p.popen.pid, "VmHWM") / 1024, 1)])
+    print(table(["process", "RSS idle KiB", "RSS end KiB", "peak (VmHWM) KiB", "peak MiB"], rows))
+    print()
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    here = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(prog="python -m bench.tunnel_bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 3 s runs, 256 MiB download")
+    ap.add_argument("--repeats", type=int, default=None, help="repetitions (default 3; --quick: 1)")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10; --quick: 3)")
+    ap.add_argument("--download-mib", type=int, default=None, help="download size (default 1024; --quick: 256)")
+    ap.add_argument("--download-timeout", type=int, default=300, help="curl --max-time per download (s)")
+    ap.add_argument("--tunnel", default=str(here / ".venv" / "bin" / "tunnel"), help="the tunnel CLI to run")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, wrk output)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.repeats = max(1, min(args.repeats if args.repeats is not None else (1 if q else 3), 20))
+    args.duration = max(1, min(args.duration if args.duration is not None else (3 if q else 10), 120))
+    args.download_mib = max(1, args.download_mib if args.download_mib is not None else (256 if q else 1024))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [t for t in ("wrk", "nginx", "curl") if shutil.which(t) is None]
+    if missing:
+        print(f"error: {', '.join(missing)} not found on PATH; this benchmark installs nothing itself.\n"
+              f"Install them first, e.g.: apt-get install -y wrk nginx-light curl", file=sys.stderr)
+        return 2
+    if not os.access(args.tunnel, os.X_OK):
+        print(f"error: tunnel CLI {args.tunnel} not found (run `make test` or `pip install -e .` first, "
+              f"or pass --tunnel)", file=sys.stderr)
+        return 2
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
+
+    tmp = Path(tempfile.mkdtemp(prefix="tunnel-bench-", dir="/tmp"))
+    procs = Procs()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load0 = loadavg()
+    rc = 0
+    try:
+        b = Bench(args, tmp, procs)
+        log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        log(f"preparing {args.download_mib} MiB origin file in {tmp}")
+        b.prepare_files()
+        b.start_origin()
+        b.start_tunnel()
+        log(f"origin {b.direct_url}, tunnel {b.tunnel_url} (Host: {HOSTNAME}); edge pid {b.edge.popen.pid}, "
+            f"connector pid {b.connector.popen.pid}")
+        time.sleep(0.5)
+        b.rss_idle = {p.name: status_kb(p.popen.pid, "VmRSS") for p in (b.edge, b.connector)}
+        for path in ("direct", "tunnel"):   # warm-up, not recorded
+            b.wrk(path, 16, 2)
+        b.check_alive()
+        wrk: dict = {(p, c): [] for p in ("direct", "tunnel") for c in CONNS}
+        dl: dict = {"direct": [], "tunnel": []}
+        for rep in range(1, args.repeats + 1):
+            for c in CONNS:
+                for path in ("direct", "tunnel"):
+                    r = b.wrk(path, c, args.duration)
+                    wrk[(path, c)].append(r)
+                    b.check_alive()
+                    extra = f" cpu={r.cpu_us_per_req:.0f}us/req" if r.cpu_us_per_req is not None else ""
+                    log(f"rep{rep} {path:6} c={c:<2} {r.rps:9.0f} req/s p50={r.p50_ms:.2f}ms "
+                        f"p99={r.p99_ms:.2f}ms errors={r.errors or 0}{extra}")
+            for path in ("direct", "tunnel"):
+                r = b.download(path)
+                dl[path].append(r)
+                b.check_alive()
+                extra = f" cpu={r.cpu_s_per_gb:.2f}s/GB" if r.cpu_s_per_gb is not None else ""
+                log(f"rep{rep} {path:6} download {r.mbps:8.1f} MB/s ({r.size} bytes, {r.secs:.2f} s, "
+                    f"HTTP {r.status}){extra}")
+        report(b, wrk, dl, args, started, load0)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rc = 1
+    except KeyboardInterrupt:
+        print("interrupted; stopping the processes this benchmark started", file=sys.stderr)
+        rc = 130
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+        if args.keep or rc == 1:
+            big = tmp / "www" / "big.bin"
+            big.unlink(missing_ok=True)
+            print(f"logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
