@@ -25,6 +25,7 @@ def test_reference_config_passes(reference_doc):
     assert [r.service for r in web.ingress] == ["http://127.0.0.1:9000", "http://127.0.0.1:9001",
                                                 "http://127.0.0.1:3000"]
     assert web.has_policy and not config.tunnels["api"].has_policy
+    assert web.needs_worker and not config.tunnels["api"].needs_worker
     assert isinstance(web.policy.on_request[2].actions[0], BasicAuth)
     limit = web.policy.on_request[7].actions[0]
     assert isinstance(limit, RateLimit) and (limit.capacity, limit.per_s, limit.key) == (100, 60.0, "client_ip")

@@ -290,6 +290,15 @@ class TunnelConfig:
         """True when the tunnel has at least one policy rule."""
         return not self.policy.is_empty
 
+    @property
+    def needs_worker(self) -> bool:
+        """False when ``tunnel-<id>`` would be a pure pass-through (no policy, no custom worker).
+
+        The edge may then forward directly and skip the loader; the generated worker would only
+        call ``env.TUNNEL.fetch(request)``.
+        """
+        return self.has_policy or self.worker is not None
+
     def ingress_services(self) -> tuple[str, ...]:
         """Every service the connector may dial for this tunnel (ingress rules and ab_split variants)."""
         seen: dict[str, None] = {}
