@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 
 from . import linker
-from .engine import Isolate, IsolateFailure, syntax_details
+from .engine import Isolate, IsolateFailure, enable_bytecode, syntax_details
 from .protocol import FrameBuffer, encode
 
 _MEM_EVERY = 64
@@ -143,7 +143,8 @@ def main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     frames = FrameBuffer()
     child = Child()
-    sock.sendall(encode({"hello": os.getpid()}))
+    fast = enable_bytecode()
+    sock.sendall(encode({"hello": os.getpid(), "bytecode": fast}))
     clock = time.monotonic
     while True:
         try:

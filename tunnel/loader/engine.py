@@ -13,11 +13,13 @@ out-of-memory while JS runs raises ``IsolateFailure``: the caller must discard t
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
-from importlib import resources
+from importlib import metadata, resources
 
+import _quickjs
 import quickjs
 
 from .linker import Plan
@@ -29,6 +31,153 @@ _RUNTIME_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
     "runtime.js",
 ))
 _URL_SRC = (_JS / "vendor/core-js-3.51.0-url.min.js").read_text("utf-8")
+_PINNED = "0.17.0.2"
+
+
+class _JSValue(ctypes.Structure):
+    _fields_ = [("u", ctypes.c_uint64), ("tag", ctypes.c_int64)]
+
+
+class Bytecode:
+    """Precompiled bytecode for the runtime and the URL polyfill (an optional fast path).
+
+    The binding has no compile API, but its shared library exports QuickJS's C API. This reads
+    the ``JSContext*`` out of the binding's ``Context`` object (private layout of quickjs-ng
+    0.17.0.2: ``JSRuntime*`` and ``JSContext*`` right after the object header), compiles each
+    script once per process (``JS_Eval`` compile-only + ``JS_WriteObject``) and instantiates it
+    per isolate (``JS_ReadObject`` + ``JS_EvalFunction``): about 3x faster than evaluating source.
+    It is only enabled when the installed version is exactly the pinned one and a probe in a
+    forked process (``probe()``) passed; otherwise isolates evaluate the sources.
+    """
+
+    _TAG_EXCEPTION = 6
+    _COMPILE_ONLY = 1 << 5
+    _BYTECODE = 1 << 0
+    _STRIP_DEBUG = 1 << 5
+
+    def __init__(self) -> None:
+        lib = self.lib = ctypes.CDLL(_quickjs.__file__)
+        vp, sz, v = ctypes.c_void_p, ctypes.c_size_t, _JSValue
+        for name, res, args in (
+            ("JS_GetRuntime", vp, [vp]),
+            ("JS_Eval", v, [vp, ctypes.c_char_p, sz, ctypes.c_char_p, ctypes.c_int]),
+            ("JS_WriteObject", vp, [vp, ctypes.POINTER(sz), v, ctypes.c_int]),
+            ("JS_ReadObject", v, [vp, ctypes.c_char_p, sz, ctypes.c_int]),
+            ("JS_EvalFunction", v, [vp, v]),
+            ("JS_FreeValue", None, [vp, v]),
+            ("JS_GetException", v, [vp]),
+            ("js_free", None, [vp, vp]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        self.programs: dict[str, bytes] = {}
+
+    @staticmethod
+    def _ctx_ptr(ctx: "quickjs.Context") -> int:
+        words = (ctypes.c_void_p * 4).from_address(id(ctx))
+        rt, cx = words[2], words[3]
+        for w in (rt, cx):
+            if not w or w % 8 or w < 0x10000:
+                raise RuntimeError("unexpected quickjs.Context layout")
+        return cx
+
+    def check(self, ctx: "quickjs.Context") -> int:
+        """Return the ``JSContext*`` of ``ctx`` after checking it against ``JS_GetRuntime``."""
+        cx = self._ctx_ptr(ctx)
+        rt = (ctypes.c_void_p * 4).from_address(id(ctx))[2]
+        if self.lib.JS_GetRuntime(cx) != rt:
+            raise RuntimeError("unexpected quickjs.Context layout")
+        return cx
+
+    def compile(self, name: str, source: str) -> None:
+        """Compile ``source`` once (in a scratch context) and keep its bytecode under ``name``."""
+        ctx = quickjs.Context()
+        cx = self.check(ctx)
+        lib = self.lib
+        data = source.encode("utf-8")
+        fn = lib.JS_Eval(cx, data, len(data), name.encode(), self._COMPILE_ONLY)
+        if fn.tag == self._TAG_EXCEPTION:
+            lib.JS_FreeValue(cx, lib.JS_GetException(cx))
+            raise RuntimeError(f"cannot compile {name}")
+        size = ctypes.c_size_t()
+        buf = lib.JS_WriteObject(cx, ctypes.byref(size), fn, self._BYTECODE | self._STRIP_DEBUG)
+        lib.JS_FreeValue(cx, fn)
+        if not buf:
+            raise RuntimeError(f"cannot serialise {name}")
+        self.programs[name] = ctypes.string_at(buf, size.value)
+        lib.js_free(cx, buf)
+
+    def run(self, ctx: "quickjs.Context", name: str) -> bool:
+        """Instantiate and run the program ``name`` in ``ctx``; False when it threw (source eval then reports it)."""
+        lib = self.lib
+        cx = self._ctx_ptr(ctx)
+        code = self.programs[name]
+        fn = lib.JS_ReadObject(cx, code, len(code), self._BYTECODE)
+        if fn.tag == self._TAG_EXCEPTION:
+            lib.JS_FreeValue(cx, lib.JS_GetException(cx))
+            return False
+        result = lib.JS_EvalFunction(cx, fn)  # consumes fn
+        if result.tag == self._TAG_EXCEPTION:
+            lib.JS_FreeValue(cx, lib.JS_GetException(cx))
+            return False
+        lib.JS_FreeValue(cx, result)
+        return True
+
+    @classmethod
+    def probe(cls) -> "Bytecode | None":
+        """Enable the fast path if it provably works here; else return ``None``.
+
+        The layout check and a full trial run happen in a forked child first, so a layout
+        mismatch can at worst crash that child, never the shard.
+        """
+        if os.environ.get("TUNNEL_LOADER_BYTECODE", "1") == "0":
+            return None
+        try:
+            if metadata.version("quickjs-ng") != _PINNED:
+                return None
+        except metadata.PackageNotFoundError:
+            return None
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked probe
+            code = 1
+            try:
+                fast = cls()
+                fast.compile("probe.js", "globalThis.__probe = [1, 2].map((x) => x * 21).join(',');")
+                ctx = quickjs.Context()
+                fast.check(ctx)
+                if fast.run(ctx, "probe.js") and ctx.eval("__probe") == "21,42":
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            return None
+        try:
+            fast = cls()
+            fast.compile("runtime.js", _RUNTIME_SRC)
+            fast.compile("url.js", _URL_SRC)
+        except RuntimeError:
+            return None
+        return fast
+
+
+_FAST: Bytecode | None = None
+
+
+def enable_bytecode() -> bool:
+    """Turn on the precompiled-runtime fast path for this process (call once, at shard start).
+
+    Returns:
+        True when it is enabled; False when isolates keep evaluating the runtime's source.
+    """
+    global _FAST
+    _FAST = Bytecode.probe()
+    return _FAST is not None
+
+
+def bytecode_enabled() -> bool:
+    """True when isolates in this process are built from precompiled bytecode."""
+    return _FAST is not None
 _ENTROPY_BYTES = 16384
 _NO_LIMIT = -1.0
 
@@ -95,9 +244,13 @@ class Isolate:
         ctx.set_max_stack_size(2 * 1024 * 1024)
         ctx.set_time_limit(load_cpu_limit_s)
         try:
-            ctx.eval(_RUNTIME_SRC)
-            if plan.uses_url:
+            fast = _FAST
+            ctx.set_time_limit(_NO_LIMIT)  # trusted vendored code; the ctypes path bypasses the binding
+            if fast is None or not fast.run(ctx, "runtime.js"):
+                ctx.eval(_RUNTIME_SRC)
+            if plan.uses_url and (fast is None or not fast.run(ctx, "url.js")):
                 ctx.eval(_URL_SRC)
+            ctx.set_time_limit(load_cpu_limit_s)
             self._host = ctx.get("__qjs_host")
             self._flush = ctx.get("__qjs_flush")
             watch = ctx.get("__qjs_watch")

@@ -158,7 +158,8 @@ class Loader:
             "per_worker": {k: {"memory_bytes": e.instance.memory, "requests": e.instance.requests,
                                "idle_s": round(now - e.last_used, 3)} for k, e in live.items()},
             "shards": [{"index": s.index, "pid": s.proc.pid if s.proc else None, "isolates": len(s.instances),
-                        "kills": s.kills, "starts": s.restarts} for s in self._shards],
+                        "kills": s.kills, "starts": s.restarts,
+                        "bytecode": s.bytecode} for s in self._shards],
         }
 
     async def start(self) -> None:

@@ -110,6 +110,7 @@ class Shard:
         self.watchdog: asyncio.TimerHandle | None = None
         self.kills = 0
         self.restarts = 0
+        self.bytecode = False
         self._ids = itertools.count(1)
         self.closed = False
 
@@ -536,6 +537,7 @@ class _ShardProtocol(asyncio.Protocol):
             return
         for header, blob in frames:
             if "hello" in header:
+                shard.bytecode = bool(header.get("bytecode"))
                 if not self.hello.done():
                     self.hello.set_result(header["hello"])
                 continue
