@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -29,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-token", default=os.environ.get("TUNNEL_ADMIN_TOKEN"),
                    help="admin token to accept (default: one is created in DATA_DIR/admin.token)")
     _add_edge_limits(p)
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for the connector listener and --public-tls")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-sni-cert", action="append", default=[], metavar="CERT:KEY",
+                   help="another certificate, served to clients asking for one of its names (repeatable)")
+    p.add_argument("--public-tls", metavar="H:P", help="also serve HTTPS on this address")
+    p.add_argument("--plain-connectors", action="store_true",
+                   help="keep the connector listener plain ws:// even with --tls-cert (behind a TLS terminator)")
     p.set_defaults(func=cmd_edge)
 
     p = subparsers.add_parser("connect", help="run a connector next to a local service",
@@ -43,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", metavar="H:P", help="serve /ready and /metrics on this address")
     p.add_argument("--backoff-initial", type=float, default=1.0, help="first reconnect delay cap in s (default %(default)s)")
     p.add_argument("--backoff-max", type=float, default=60.0, help="largest reconnect delay in s (default %(default)s)")
+    p.add_argument("--ca", help="PEM CA bundle to verify a wss:// edge (default: the system trust store)")
+    p.add_argument("--pin", help="pin the edge's public key: sha256:<base64> (the edge logs its pin)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow sending the token over plain ws:// to a host that is not loopback")
     p.set_defaults(func=cmd_connect)
 
     p = subparsers.add_parser("quick", help="expose a local URL through an embedded edge",
@@ -95,7 +107,13 @@ def _add_edge_limits(p: argparse.ArgumentParser) -> None:
 
 def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str):
     from tunnel.edge.server import EdgeOptions
+    from tunnel.tls import CertPair
+    public_tls = getattr(args, "public_tls", None)
     return EdgeOptions(
+        tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+        tls_sni_certs=[CertPair.parse(v) for v in getattr(args, "tls_sni_cert", [])],
+        public_tls=parse_hostport(public_tls) if public_tls else None,
+        plain_connectors=getattr(args, "plain_connectors", False),
         data_dir=data_dir, public=parse_hostport(public), connectors=parse_hostport(connectors),
         admin=parse_hostport(admin), admin_token=getattr(args, "admin_token", None),
         max_body_size=getattr(args, "max_body_size", 1 << 30),
@@ -107,10 +125,17 @@ def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str)
 # ---------------------------------------------------------------------- long-running commands
 def cmd_edge(args) -> int:
     from tunnel.edge.server import Edge
+    from tunnel.tls import TLSConfigError
 
     async def main(stop: asyncio.Event) -> int:
-        edge = Edge(_edge_options(args, args.data_dir, args.public, args.connectors, args.admin))
+        try:
+            edge = Edge(_edge_options(args, args.data_dir, args.public, args.connectors, args.admin))
+        except TLSConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         await edge.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, edge.reload_tls)
         if edge.admin_token:
             print(f"admin token (saved in {os.path.join(args.data_dir, 'admin.token')}): {edge.admin_token}", flush=True)
         await stop.wait()
@@ -130,7 +155,7 @@ def cmd_connect(args) -> int:
         options = ConnectorOptions(edge=args.edge, token=args.token, url=args.url,
                                    connections=max(1, args.connections), origin_timeout=args.origin_timeout,
                                    grace_period=args.grace_period, backoff_initial=args.backoff_initial,
-                                   backoff_max=args.backoff_max)
+                                   backoff_max=args.backoff_max, ca=args.ca, pin=args.pin, insecure=args.insecure)
         connector = Connector(options)
         metrics = parse_hostport(args.metrics) if args.metrics else None
     except ValueError as exc:

@@ -9,23 +9,29 @@ import random
 import socket
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from tunnel.connector.exchange import OriginExchange
 from tunnel.connector.origin import Origin, OriginPool
-from tunnel.errors import HandshakeRefused
+from tunnel.errors import HandshakeRefused, TunnelError
 from tunnel.protocol import Connection, Role, Settings
 from tunnel.protocol import events as ev
 from tunnel.protocol.frames import ErrorCode
 from tunnel.session import MAX_MESSAGE, Session
+from tunnel.tls import client_context, is_loopback, normalize_pin, spki_pin_of_der
 
 log = logging.getLogger(__name__)
 
 AGENT = "tunnel-connector/0.1"
 WELCOME_TIMEOUT = 10.0
 DRAIN_PING = b"drain\0\0\0"
+
+
+class PinMismatch(TunnelError):
+    """The edge presented a public key other than the pinned one (transient: retried)."""
 
 
 @dataclass
@@ -40,6 +46,9 @@ class ConnectorOptions:
     backoff_max: float = 60.0
     origin_timeout: float | None = None  # None: use what the edge says
     grace_period: float = 30.0
+    ca: str | None = None  # private CA bundle to verify the edge (default: the system store)
+    pin: str | None = None  # sha256:<base64> of the edge's public key
+    insecure: bool = False  # allow plain ws:// to a host that is not loopback
 
 
 class ConnectorSession(Session):
@@ -131,6 +140,17 @@ class Connector:
     def __init__(self, options: ConnectorOptions):
         self.options = options
         self.origin = Origin.parse(options.url)
+        edge = urlsplit(options.edge)
+        if edge.scheme not in ("ws", "wss") or not edge.hostname:
+            raise ValueError(f"--edge must be ws://HOST:PORT or wss://HOST:PORT, got {options.edge!r}")
+        if edge.scheme == "ws" and not is_loopback(edge.hostname) and not options.insecure:
+            raise ValueError(f"refusing to send the tunnel token in clear text to {edge.hostname}: use "
+                             f"wss:// (the edge's --tls-cert), or pass --insecure if a trusted network "
+                             f"or TLS terminator sits in between")
+        self._pin = normalize_pin(options.pin) if options.pin else None
+        self._ssl = client_context(options.ca, options.pin) if edge.scheme == "wss" else None
+        if edge.scheme == "ws" and (options.ca or options.pin):
+            raise ValueError("--ca and --pin need a wss:// edge URL")
         self.pool = OriginPool()
         self.connector_id = uuid.uuid4().hex[:12]
         self.sessions: dict[int, ConnectorSession] = {}
@@ -220,6 +240,8 @@ class Connector:
                     self._stop.set()
                     return
                 log.warning("edge-conn #%d refused (%s); retrying", index, exc)
+            except PinMismatch as exc:
+                log.error("edge-conn #%d: %s", index, exc)
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 log.warning("edge-conn #%d: cannot reach the edge at %s: %s", index, self.options.edge,
                             _describe(exc))
@@ -233,6 +255,15 @@ class Connector:
             except asyncio.TimeoutError:
                 pass
 
+    def _check_pin(self, ws) -> None:
+        """Refuse an edge whose public key is not the pinned one, before sending the token."""
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        seen = spki_pin_of_der(der) if der else None
+        if seen is None or normalize_pin(seen) != self._pin:
+            raise PinMismatch(f"the edge's public key is {seen}, not the pinned {self.options.pin}; "
+                              f"refusing to send the token (check --pin, or the edge's new certificate)")
+
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, initial * 2^attempt)), at least 0.1 s."""
         if attempt == 0:
@@ -244,8 +275,10 @@ class Connector:
         """Connect, register and serve until the connection ends; True if it was registered."""
         async with ws_connect(self.options.edge, compression=None, max_size=2 * MAX_MESSAGE + (1 << 20),
                               ping_interval=None, open_timeout=10, close_timeout=2,
-                              write_limit=2 * 1024 * 1024, user_agent_header=AGENT) as ws:
+                              write_limit=2 * 1024 * 1024, user_agent_header=AGENT, ssl=self._ssl) as ws:
             _tune_socket(ws)
+            if self._pin is not None:
+                self._check_pin(ws)
             session = ConnectorSession(self, ws, index)
             self.sessions[index] = session
             session.conn.send_hello(self.options.token, {"connector_id": self.connector_id, "agent": AGENT})

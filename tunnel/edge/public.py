@@ -62,7 +62,6 @@ class PublicSettings:
     max_body_size: int = 1 << 30
     head_timeout: float = 30.0
     idle_timeout: float = 75.0
-    scheme: str = "http"
     trusted_proxies: list = field(default_factory=list)
     draining: bool = False
     connections: set = field(default_factory=set)  # live PublicProtocol objects
@@ -80,8 +79,9 @@ class PublicSettings:
 class PublicProtocol(asyncio.Protocol):
     """One public client connection."""
 
-    def __init__(self, settings: PublicSettings):
+    def __init__(self, settings: PublicSettings, scheme: str = "http"):
         self.settings = settings
+        self.scheme = scheme
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
@@ -128,7 +128,8 @@ class PublicProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.upgraded is not None:
             self.upgraded.client_eof()
-            return True  # keep writing what the origin still sends
+            # Keep writing what the origin still sends (TLS transports cannot half-close).
+            return self.scheme == "http"
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -359,7 +360,7 @@ class Exchange:
             fwd.append(("X-Forwarded-For", f"{forwarded_for}, {peer}"))
         else:
             fwd.append(("X-Forwarded-For", peer))
-        fwd.append(("X-Forwarded-Proto", settings.scheme))
+        fwd.append(("X-Forwarded-Proto", proto.scheme))
         fwd.append(("X-Forwarded-Host", host))
         fwd.append(("X-Request-Id", self.request_id))
         end_now = not self.has_body

@@ -18,6 +18,7 @@ from tunnel.edge.registry import TunnelRegistry
 from tunnel.edge.routing import RoutingTable
 from tunnel.protocol.frames import ErrorCode
 from tunnel.store import Store
+from tunnel.tls import CertPair, CertStore, TLSConfigError, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class EdgeOptions:
     origin_timeout: float = 100.0
     grace_period: float = 30.0
     trusted_proxies: list[str] = field(default_factory=list)
+    tls_cert: str | None = None  # default certificate (PEM chain) ...
+    tls_key: str | None = None  # ... and its key
+    tls_sni_certs: list[CertPair] = field(default_factory=list)  # more, chosen by SNI
+    public_tls: tuple[str, int] | None = None  # HTTPS public listener
+    plain_connectors: bool = False  # keep the connector listener plain even with a certificate
 
 
 class Edge:
@@ -55,8 +61,15 @@ class Edge:
         self.ready = False
         self.draining = False
         self.admin_token: str | None = None
-        self.public_port = self.connector_port = self.admin_port = 0
-        self._public_server: asyncio.AbstractServer | None = None
+        self.public_port = self.connector_port = self.admin_port = self.public_tls_port = 0
+        self.certs: CertStore | None = None
+        if options.tls_cert or options.tls_key:
+            if not (options.tls_cert and options.tls_key):
+                raise TLSConfigError("--tls-cert and --tls-key go together")
+            self.certs = CertStore(CertPair(options.tls_cert, options.tls_key), options.tls_sni_certs)
+        elif options.public_tls or options.tls_sni_certs:
+            raise TLSConfigError("HTTPS and SNI certificates need a default --tls-cert and --tls-key")
+        self._public_servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.AppRunner] = []
         self._hostnames: dict[str, list[str]] = {}
 
@@ -66,21 +79,53 @@ class Edge:
         self.admin_token = self.store.ensure_admin_token(self.options.admin_token)
         self._apply(self.store.active_document())
         loop = asyncio.get_running_loop()
+        settings = self.public_settings
         host, port = self.options.public
-        self._public_server = await loop.create_server(
-            lambda: PublicProtocol(self.public_settings), host, port, backlog=1024, reuse_address=True)
-        self.public_port = self._public_server.sockets[0].getsockname()[1]
-        self.connector_port = await self._serve(create_connector_app(self), self.options.connectors)
+        server = await loop.create_server(lambda: PublicProtocol(settings), host, port, backlog=1024,
+                                          reuse_address=True)
+        self._public_servers.append(server)
+        self.public_port = server.sockets[0].getsockname()[1]
+        if self.options.public_tls:
+            tls_host, tls_port = self.options.public_tls
+            server = await loop.create_server(lambda: PublicProtocol(settings, scheme="https"), tls_host,
+                                              tls_port, backlog=1024, reuse_address=True,
+                                              ssl=self.certs.context, ssl_handshake_timeout=10)
+            self._public_servers.append(server)
+            self.public_tls_port = server.sockets[0].getsockname()[1]
+        connector_tls = self.certs is not None and not self.options.plain_connectors
+        self.connector_port = await self._serve(create_connector_app(self), self.options.connectors,
+                                                self.certs.context if connector_tls else None)
+        if not connector_tls and not is_loopback(self.options.connectors[0]):
+            log.warning("!!! the connector listener on %s:%d is PLAIN ws://: connector tokens cross the "
+                        "network in clear text. Give --tls-cert/--tls-key, or terminate TLS in front of it.",
+                        *self.options.connectors)
         self.admin_port = await self._serve(create_admin_app(self), self.options.admin)
         self.ready = True
-        log.info("edge ready: public http://%s:%d, connectors ws://%s:%d, admin http://%s:%d",
-                 host, self.public_port, self.options.connectors[0], self.connector_port,
-                 self.options.admin[0], self.admin_port)
+        scheme = "wss" if connector_tls else "ws"
+        log.info("edge ready: public http://%s:%d%s, connectors %s://%s:%d, admin http://%s:%d",
+                 host, self.public_port,
+                 f" and https://{self.options.public_tls[0]}:{self.public_tls_port}" if self.public_tls_port else "",
+                 scheme, self.options.connectors[0], self.connector_port, self.options.admin[0], self.admin_port)
+        if self.certs is not None:
+            log.info("connectors can pin this edge's key with --pin %s", self.certs.pin)
 
-    async def _serve(self, app: web.Application, where: tuple[str, int]) -> int:
+    def reload_tls(self) -> bool:
+        """Re-read certificate files (SIGHUP). New handshakes use them; open connections carry
+        on. On error the current certificates stay and the error is logged."""
+        if self.certs is None:
+            return False
+        try:
+            self.certs.reload()
+        except TLSConfigError as exc:
+            log.error("certificate reload failed, keeping the current ones: %s", exc)
+            return False
+        log.info("certificates reloaded; new handshakes use them (pin %s)", self.certs.pin)
+        return True
+
+    async def _serve(self, app: web.Application, where: tuple[str, int], ssl_context=None) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, where[0], where[1], reuse_address=True)
+        site = web.TCPSite(runner, where[0], where[1], reuse_address=True, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
         return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -94,8 +139,8 @@ class Edge:
         self.draining = True
         settings = self.public_settings
         settings.draining = True
-        if self._public_server is not None:
-            self._public_server.close()
+        for server in self._public_servers:
+            server.close()
         for proto in list(settings.connections):
             proto.close_if_idle()
         loop = asyncio.get_running_loop()
@@ -112,8 +157,8 @@ class Edge:
         """Close every listener and connection."""
         self.ready = False
         self.draining = True
-        if self._public_server is not None:
-            self._public_server.close()
+        for server in self._public_servers:
+            server.close()
         for session in list(self.sessions):
             session.conn.goaway(ErrorCode.SHUTDOWN, "edge shutting down; reconnect")
             session.flush_soon()
@@ -122,9 +167,9 @@ class Edge:
             proto.abort()
         for runner in self._runners:
             await runner.cleanup()
-        if self._public_server is not None:
+        for server in self._public_servers:
             try:
-                await asyncio.wait_for(self._public_server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), 1.0)
             except asyncio.TimeoutError:
                 pass
         self.store.close()
