@@ -4,6 +4,8 @@
     ├── ProtocolError                 the peer broke the tunnel protocol (PROTOCOL.md §6); the
     │   │                             connection is closed with GOAWAY(code)
     │   └── FrameSizeError            a frame larger than the negotiated maximum
+    ├── HeadersTooLarge               a head we were about to send exceeds the control-frame limit
+    │                                 (nothing was sent; the caller answers 431 or 502)
     ├── HandshakeRefused              the edge refused a connector (bad token, unsupported version);
     │                                 ``permanent`` says whether retrying can help
     ├── EdgeHTTPError                 a public request the edge answers itself (status + reason)
@@ -41,6 +43,10 @@ class FrameSizeError(ProtocolError):
 
     def __init__(self, message: str):
         super().__init__(message, code=8)
+
+
+class HeadersTooLarge(TunnelError):
+    """A request or response head is too large to send in one HEADERS frame."""
 
 
 class HandshakeRefused(TunnelError):

@@ -244,12 +244,19 @@ def test_data_at_exactly_the_negotiated_limit_is_accepted(make_link):
     assert event.data == b"\xaa" * 1024 and link.connector.state is State.OPEN
 
 
-def test_too_many_streams_from_a_rogue_edge(make_link):
+def test_a_stream_over_the_limit_is_refused_alone(make_link):
     link = make_link(None, SMALL)  # the connector accepts 4 concurrent streams
     link.handshake()
     wire = b"".join(head('["GET","/",[],false,null]', stream=sid) for sid in (1, 3, 5, 7))
     assert len(link.connector.receive(wire)) == 4
-    reject(link.connector, head('["GET","/",[],false,null]', stream=9), REFUSED, "too many concurrent streams")
+    link.connector.data_to_send()
+    # The fifth is answered with RST_STREAM(REFUSED_STREAM) for stream 9 only (PROTOCOL.md §5.2);
+    # the connection and its four streams carry on.
+    assert link.connector.receive(head('["GET","/",[],false,null]', stream=9)) == []
+    reset = F.decode(link.connector.data_to_send())
+    assert [(f.type, f.stream_id) for f in reset] == [(F.FrameType.RST_STREAM, 9)]
+    assert F.parse_reset(reset[0]) == (REFUSED, "too many concurrent streams")
+    assert sorted(link.connector.streams) == [1, 3, 5, 7]
 
 
 def test_violation_after_a_drain_goaway_still_queues_its_own_goaway(link):

@@ -122,3 +122,25 @@ async def test_malformed_request_is_400(edge):
     writer.close()
     assert data.startswith(b"HTTP/1.1 400 ")
     assert b"Tunnel-Error: bad-request" in data
+
+
+async def test_an_oversized_origin_head_is_502_and_the_tunnel_survives(edge, origin, client):
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        filler = "".join(f"X-Fill-{i}: {'v' * 1000}\r\n" for i in range(300))  # ~300 KiB head
+        writer.write(f"HTTP/1.1 200 OK\r\n{filler}Content-Length: 2\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await edge.tunnel("big", "big.localhost", f"http://127.0.0.1:{port}")
+        await edge.tunnel("web", HOST, origin.url)
+        result = await get(client, edge.public, "/", host="big.localhost")
+        assert_edge_page(*result, 502, "origin-unreachable")
+        assert b"head of" in result[2]
+        assert (await get(client, edge.public, "/small"))[0] == 200
+        assert (await get(client, edge.public, "/", host="big.localhost"))[0] == 502
+    finally:
+        server.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tunnel import http1
 from tunnel.connector.origin import Origin, OriginConnection, OriginPool
+from tunnel.errors import HeadersTooLarge
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
 
@@ -152,7 +153,12 @@ class OriginExchange:
             self.close_delimited = (http1.get_header(headers, "content-length") is None
                                     and http1.get_header(headers, "transfer-encoding") is None)
         end = not has_body and not upgrade
-        self.session.conn.send_response(self.stream_id, ResponseHead(status, reason, out), end_stream=end)
+        try:
+            self.session.conn.send_response(self.stream_id, ResponseHead(status, reason, out), end_stream=end)
+        except HeadersTooLarge as exc:
+            self.response_started = False
+            self._fail(ErrorCode.ORIGIN_UNREACHABLE, f"the origin's {exc}")
+            return
         self.session.flush_soon()
         if end:
             self.response_done = True

@@ -30,7 +30,7 @@ import httptools
 
 from tunnel import http1
 from tunnel.edge import pages
-from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadTooLarge, NoConnector,
+from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadersTooLarge, HeadTooLarge, NoConnector,
                            OriginTimeout, OriginUnreachable, UnknownHost)
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
@@ -364,9 +364,14 @@ class Exchange:
         fwd.append(("X-Forwarded-Host", host))
         fwd.append(("X-Request-Id", self.request_id))
         end_now = not self.has_body
+        try:
+            stream_id = session.conn.open_stream(RequestHead(self.method, target, fwd, self.upgrade),
+                                                 end_stream=end_now)
+        except HeadersTooLarge as exc:
+            self.fail(HeadTooLarge(str(exc)))
+            return
         self.session = session
-        self.stream_id = session.conn.open_stream(
-            RequestHead(self.method, target, fwd, self.upgrade), end_stream=end_now)
+        self.stream_id = stream_id
         session.handlers[self.stream_id] = self
         self.started = True
         if end_now:

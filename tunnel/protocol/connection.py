@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunnel.errors import ProtocolError
+from tunnel.errors import HeadersTooLarge, ProtocolError
 from tunnel.protocol import frames as F
 from tunnel.protocol.events import (
     DataReceived,
@@ -214,9 +214,12 @@ class Connection:
             raise ProtocolError("cannot open a stream now", code=F.ErrorCode.REFUSED_STREAM)
         stream_id = self._next_stream_id
         self._next_stream_id += 2
+        payload = head.encode()
+        if len(payload) > F.MAX_CONTROL_PAYLOAD:
+            raise HeadersTooLarge(f"request head of {len(payload)} bytes exceeds {F.MAX_CONTROL_PAYLOAD}")
         stream = _Stream(stream_id, self.remote.initial_window, self.local.initial_window)
         self.streams[stream_id] = stream
-        self._send_head(stream, head.encode(), end_stream)
+        self._send_head(stream, payload, end_stream)
         return stream_id
 
     def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
@@ -224,7 +227,10 @@ class Connection:
         self._require_role(Role.CONNECTOR)
         stream = self.streams.get(stream_id)
         if stream is not None:
-            self._send_head(stream, head.encode(), end_stream)
+            payload = head.encode()
+            if len(payload) > F.MAX_CONTROL_PAYLOAD:
+                raise HeadersTooLarge(f"response head of {len(payload)} bytes exceeds {F.MAX_CONTROL_PAYLOAD}")
+            self._send_head(stream, payload, end_stream)
 
     def send_window(self, stream_id: int) -> int:
         """Bytes that may be sent on the stream now (0 for an unknown or closed stream)."""
@@ -370,7 +376,7 @@ class Connection:
             common = sorted(set(versions) & set(SUPPORTED_VERSIONS))
             if not common:
                 message = (f"this edge speaks tunnel protocol version(s) {list(SUPPORTED_VERSIONS)}, "
-                           f"the connector offered {versions}; install a matching connector release")
+                           f"the connector offered {versions[:8]}; install a matching connector release")
                 self.refuse("unsupported-version", message)
                 events.append(HandshakeFailed("unsupported-version", message))
                 return
@@ -403,9 +409,12 @@ class Connection:
         if self.role is Role.CONNECTOR:
             if sid % 2 == 0 or sid <= self._highest_remote_id:
                 raise ProtocolError(f"HEADERS opening stream {sid} out of order")
-            if len(self.streams) >= self.local.max_streams:
-                raise ProtocolError("too many concurrent streams", code=F.ErrorCode.REFUSED_STREAM)
             self._highest_remote_id = sid
+            if len(self.streams) >= self.local.max_streams:
+                # Over our limit: refuse this stream alone; the edge may retry it elsewhere.
+                self._out.add(F.encode(F.FrameType.RST_STREAM, 0, sid,
+                                       F.U32.pack(F.ErrorCode.REFUSED_STREAM) + b"too many concurrent streams"))
+                return
             head = RequestHead.decode(frame.payload)
             stream = _Stream(sid, self.remote.initial_window, self.local.initial_window, head_received=True)
             self.streams[sid] = stream
