@@ -38,7 +38,7 @@ from tunnel.protocol.frames import ErrorCode
 if TYPE_CHECKING:  # pragma: no cover
     from tunnel.edge.connectors import EdgeSession
     from tunnel.edge.registry import TunnelRegistry
-    from tunnel.edge.routing import RoutingTable
+    from generators.routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +339,10 @@ class Exchange:
         try:
             if not host:
                 raise BadRequest("the request has no Host header")
-            tunnel = settings.routing.lookup(host)
-            if tunnel is None:
+            found = settings.routing.lookup(host)
+            if found is None:
                 raise UnknownHost(f"no tunnel serves {host.split(':')[0]!r} on this edge")
+            tunnel = found[0]
             if content_length is not None and int(content_length) > settings.max_body_size:
                 raise BodyTooLarge(f"the body is larger than {settings.max_body_size} bytes")
             session = settings.registry.pick(tunnel)

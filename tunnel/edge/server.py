@@ -15,7 +15,7 @@ from tunnel.edge.admin import create_admin_app
 from tunnel.edge.connectors import EdgeSession, create_connector_app
 from tunnel.edge.public import PublicProtocol, PublicSettings
 from tunnel.edge.registry import TunnelRegistry
-from tunnel.edge.routing import RoutingTable
+from generators.routing import build_routing_table
 from tunnel.protocol.frames import ErrorCode
 from tunnel.store import Store
 from tunnel.tls import CertPair, CertStore, TLSConfigError, is_loopback
@@ -56,7 +56,7 @@ class Edge:
         self.registry = TunnelRegistry()
         self.sessions: set[EdgeSession] = set()
         self.public_settings = PublicSettings(
-            routing=RoutingTable(), registry=self.registry, max_body_size=options.max_body_size,
+            routing=build_routing_table(parse_config({})), registry=self.registry, max_body_size=options.max_body_size,
             trusted_proxies=[ipaddress.ip_network(c, strict=False) for c in options.trusted_proxies])
         self.ready = False
         self.draining = False
@@ -178,7 +178,7 @@ class Edge:
     def _apply(self, document: dict[str, Any]) -> None:
         config = parse_config(document)
         self._hostnames = {name: list(t.hostnames) for name, t in config.tunnels.items()}
-        self.public_settings.routing = RoutingTable(self._hostnames)
+        self.public_settings.routing = build_routing_table(config)
         for tunnel in list(self._connected_tunnels()):
             if tunnel not in self._hostnames:
                 self.disconnect_tunnel(tunnel, "tunnel deleted")
