@@ -30,7 +30,10 @@ _RUNTIME_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
     "vendor/ungap-structured-clone-1.4.0.min.js",
     "runtime.js",
 ))
-_URL_SRC = (_JS / "vendor/core-js-3.51.0-url.min.js").read_text("utf-8")
+_URL_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
+    "vendor/core-js-3.51.0-url.min.js",
+    "fast-url.js",
+))
 _PINNED = "0.17.0.2"
 
 
