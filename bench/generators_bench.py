@@ -60,7 +60,7 @@ class Origin:
         return Response(200, headers={"Content-Type": "text/plain", "Server": "bench"}, body=b"ok")
 
 
-async def measure(loader, worker: GeneratedWorker, requests: int, concurrency: int) -> dict:
+async def measure(loader, key: str, worker: GeneratedWorker, requests: int, concurrency: int) -> dict:
     from tunnel.loader import Request
 
     code = worker.to_worker_code(env={"TUNNEL": Origin()})
@@ -68,7 +68,7 @@ async def measure(loader, worker: GeneratedWorker, requests: int, concurrency: i
     async def factory():
         return code
 
-    stub = loader.get(worker.key, factory)
+    stub = loader.get(key, factory)  # a key per measured worker: the loader caches code by key
 
     async def one() -> float:
         start = time.perf_counter()
@@ -118,7 +118,7 @@ export default {
 '''
 
 
-async def measure_in_engine(loader, worker: GeneratedWorker, rounds: int = 15, n: int = 300) -> float:
+async def measure_in_engine(loader, key: str, worker: GeneratedWorker, rounds: int = 15, n: int = 300) -> float:
     """Median µs per request of the worker alone, called in a loop inside its isolate."""
     from tunnel.loader import Request, WorkerCode
 
@@ -128,7 +128,7 @@ async def measure_in_engine(loader, worker: GeneratedWorker, rounds: int = 15, n
     async def factory():
         return code
 
-    stub = loader.get("engine-" + worker.key, factory)
+    stub = loader.get(key, factory)
     samples = []
     for _ in range(rounds):
         response = await stub.fetch(Request("GET", f"http://bench/?n={n}"))
@@ -162,16 +162,16 @@ async def main(requests: int, concurrency: int) -> None:
     print(f"{'worker':34} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9} {'req/s':>9} {'Δp50 vs forward':>16}")
     results = {}
     async with Loader() as loader:
-        for label, worker in workers:
-            results[label] = r = await measure(loader, worker, requests, concurrency)
+        for i, (label, worker) in enumerate(workers):
+            results[label] = r = await measure(loader, f"bench-{i}", worker, requests, concurrency)
             base = results.get("trivial: env.TUNNEL.fetch")
             delta = f"{r['p50'] - base['p50']:+.0f} µs" if base and label.startswith("tunnel") else ""
             print(f"{label:34} {r['p50']:9.0f} {r['p99']:9.0f} {r['mean']:9.0f} {r['rps']:9.0f} {delta:>16}")
     print()
     print("the same workers alone, called in a loop inside one isolate (no loader round trip)")
     async with Loader(cpu_limit_ms=10_000) as loader:
-        for label, worker in workers:
-            print(f"{label:34} {await measure_in_engine(loader, worker):9.1f} µs per request")
+        for i, (label, worker) in enumerate(workers):
+            print(f"{label:34} {await measure_in_engine(loader, f'engine-{i}', worker):9.1f} µs per request")
 
     print()
     print("generators (pure Python, per call)")

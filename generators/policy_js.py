@@ -579,12 +579,17 @@ function featureFlag(st, f) {
 
 _helper("outgoing", (), r'''
 // The request to forward: the original one unless the policy changed its headers or path.
-// new Request(request, init) and new Request(url, request) carry the body along unread.
+// One new Request at most: new Request(request, init) and new Request(url, request) carry the
+// body along unread; a Request the worker made has mutable headers.
 function outgoing(st) {
-  let r = st.request;
-  if (st.headers !== null) r = new Request(r, { headers: st.headers });
-  if (st.rewritten) r = new Request(st.origin + st.path + st.search, r);
-  return r;
+  const r = st.request;
+  if (!st.rewritten) return st.headers === null ? r : new Request(r, { headers: st.headers });
+  const out = new Request(st.origin + st.path + st.search, r);
+  if (st.headers !== null) {
+    for (const name of [...out.headers.keys()]) out.headers.delete(name);
+    for (const [name, value] of st.headers) out.headers.append(name, value);
+  }
+  return out;
 }
 ''')
 
