@@ -13,7 +13,7 @@ import asyncio
 import statistics
 import time
 
-from generators import (GeneratedWorker, build_routing_table, generate_config_worker, generate_tunnel_worker)
+from generators import GeneratedWorker, build_routing_table, generate_config_worker, generate_tunnel_worker
 from generators.code import freeze
 from tunnel.config import hash_password, parse_config
 

@@ -11,8 +11,8 @@ The workers' contracts are in docs/workers.md.
 """
 
 from generators.code import COMPATIBILITY_DATE, GeneratedWorker, js
-from generators.keys import config_key, metrics_key, parse_key, tunnel_key
 from generators.config_worker import config_answer, generate_config_worker
+from generators.keys import config_key, metrics_key, parse_key, tunnel_key
 from generators.metrics_worker import exposed_name, generate_metrics_worker
 from generators.routing import RoutingTable, build_routing_table
 from generators.tunnel_worker import generate_tunnel_worker

@@ -12,9 +12,24 @@ from typing import Any
 from generators.code import GeneratedWorker, finish_module, freeze, js
 from generators.keys import tunnel_key
 from generators.policy_js import helpers_for
-from tunnel.config.model import (AbSplit, BasicAuth, BearerAuth, Cors, CustomResponse, Deny, FeatureFlag,
-                                 HeaderValues, IpRestriction, Match, RateLimit, Redirect, RemoveHeaders, Rule,
-                                 TunnelConfig, UrlRewrite)
+from tunnel.config.model import (
+    AbSplit,
+    BasicAuth,
+    BearerAuth,
+    Cors,
+    CustomResponse,
+    Deny,
+    FeatureFlag,
+    HeaderValues,
+    IpRestriction,
+    Match,
+    RateLimit,
+    Redirect,
+    RemoveHeaders,
+    Rule,
+    TunnelConfig,
+    UrlRewrite,
+)
 
 MAIN_MODULE = "tunnel.js"
 CUSTOM_PREFIX = "custom/"

@@ -5,8 +5,17 @@ from __future__ import annotations
 import copy
 import hashlib
 
-from tunnel.config import (REDACTED, content_hash, hash_password, hash_secret, load_yaml, parse_config,
-                           redact_document, verify_secret, yaml_line)
+from tunnel.config import (
+    REDACTED,
+    content_hash,
+    hash_password,
+    hash_secret,
+    load_yaml,
+    parse_config,
+    redact_document,
+    verify_secret,
+    yaml_line,
+)
 
 
 def test_reference_hashes_are_what_the_comments_say(reference_doc):

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from tunnel.config import (AbSplit, BasicAuth, ConfigError, RateLimit, load_yaml, match_ingress, parse_config)
+from tunnel.config import AbSplit, BasicAuth, ConfigError, RateLimit, load_yaml, match_ingress, parse_config
 
 WEB = "tunnels.web"
 REQ = f"{WEB}.policy.on_request"

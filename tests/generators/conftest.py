@@ -95,7 +95,7 @@ class Runner:
         self.count = 0
 
     @staticmethod
-    def fake(**kwargs) -> "FakeTunnel":
+    def fake(**kwargs) -> FakeTunnel:
         """A new fake TUNNEL binding."""
         return FakeTunnel(**kwargs)
 

@@ -53,7 +53,7 @@ def test_every_generated_module_compiles(doc, compile_js):
     for tunnel in config.tunnels.values():
         workers += [generate_tunnel_worker(tunnel), generate_metrics_worker(tunnel)]
     for worker in workers:
-        for name, module in worker.modules.items():
+        for module in worker.modules.values():
             if isinstance(module, str) or "js" in module:
                 compile_js(module if isinstance(module, str) else module["js"])
 

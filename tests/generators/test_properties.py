@@ -12,8 +12,13 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generators import (build_routing_table, config_answer, generate_config_worker, generate_metrics_worker,
-                        generate_tunnel_worker)
+from generators import (
+    build_routing_table,
+    config_answer,
+    generate_config_worker,
+    generate_metrics_worker,
+    generate_tunnel_worker,
+)
 from tunnel.config import parse_config
 
 NASTY = ["</script>", "${x}", "*/", "/*", "\u2028", "\u2029", "\x00", "\ud800", "\udfff", "`", "'", '"', "\\",
@@ -52,7 +57,7 @@ def test_values_come_back_out_exactly(qjs, compile_js, body, help_text, template
     doc, config = build(body, help_text, template, glob, header_name, header_value)
     tunnel = config.tunnels["t"]
     policy = generate_tunnel_worker(tunnel)
-    for name, source in policy.modules.items():
+    for source in policy.modules.values():
         if isinstance(source, str):
             compile_js(source)
     assert policy.modules["custom/data.txt"] == {"text": body}

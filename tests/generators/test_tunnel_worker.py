@@ -146,7 +146,7 @@ async def test_rate_limit_101st_request_gets_429_with_retry_after(runner):
 async def test_rate_limit_by_header_and_bounded_key_map(runner):
     stub, _ = await runner.policy([{"actions": [{"rate_limit": {"key": {"header": "X-Api-Key"}, "capacity": 1,
                                                                 "per": "1h", "max_keys": 2}}]}])
-    key = lambda k: {"X-Api-Key": k}  # noqa: E731
+    key = lambda k: {"X-Api-Key": k}
     assert (await runner.send(stub, headers=key("a")))[0] == 200
     assert (await runner.send(stub, headers=key("a"), ip="192.0.2.99"))[0] == 429  # the key, not the IP, counts
     assert (await runner.send(stub, headers=key("b")))[0] == 200
@@ -276,7 +276,7 @@ async def test_reference_policy_with_custom_worker(runner, reference_config):
 async def test_reference_tunnel_without_policy(runner, reference_config):
     origin = runner.fake()
     stub = runner.load(generate_tunnel_worker(reference_config.tunnels["api"]), origin)
-    status, headers, body = await runner.send(stub, "/anything", host="api.localhost")
+    status, _headers, body = await runner.send(stub, "/anything", host="api.localhost")
     assert (status, body) == (200, b"origin says hi") and len(origin.seen) == 1
 
 

@@ -14,9 +14,25 @@ from tunnel.config import credentials, patterns
 from tunnel.config import validate as v
 from tunnel.config.errors import Problems
 from tunnel.config.ingress import check_path_glob, check_service
-from tunnel.config.model import (AbSplit, BasicAuth, BearerAuth, Cors, CustomResponse, Deny, FeatureFlag,
-                                 HeaderValues, IpRestriction, Match, Policy, RateLimit, Redirect,
-                                 RemoveHeaders, Rule, UrlRewrite, Variant)
+from tunnel.config.model import (
+    AbSplit,
+    BasicAuth,
+    BearerAuth,
+    Cors,
+    CustomResponse,
+    Deny,
+    FeatureFlag,
+    HeaderValues,
+    IpRestriction,
+    Match,
+    Policy,
+    RateLimit,
+    Redirect,
+    RemoveHeaders,
+    Rule,
+    UrlRewrite,
+    Variant,
+)
 
 _METHOD = re.compile(r"^[A-Z]{1,20}$")
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
