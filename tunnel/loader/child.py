@@ -69,6 +69,10 @@ class Child:
             out.append({"t": "loaded", "wid": wid, "ok": False, "kind": exc.kind, "name": exc.name,
                         "message": exc.message, "stack": exc.stack})
             return
+        except Exception as exc:  # an engine/binding error must not take the shard down
+            out.append({"t": "loaded", "wid": wid, "ok": False, "kind": "load", "name": "InternalError",
+                        "message": f"engine error: {type(exc).__name__}: {exc}"})
+            return
         self.isolates[wid] = iso
         for ev in iso.pending_events:
             ev["wid"] = wid
@@ -82,7 +86,9 @@ class Child:
             return
         try:
             raw = iso.turn(rid, message, payload)
-        except IsolateFailure as exc:
+        except Exception as exc:  # IsolateFailure, or anything the binding raised: the isolate is suspect
+            if not isinstance(exc, IsolateFailure):
+                exc = IsolateFailure("script", "InternalError", f"engine error: {type(exc).__name__}: {exc}")
             del self.isolates[wid]
             iso.close()
             out.append({"t": "dead", "wid": wid, "rid": rid, "kind": exc.kind, "name": exc.name,
@@ -90,10 +96,6 @@ class Child:
             return
         if raw:
             js.append((wid, rid, raw))
-            if '"end"' in raw:
-                for ev in json.loads(raw):
-                    if ev["t"] == "end" or ev.get("end"):
-                        iso.end(ev["rid"])
         if iso.turns % _MEM_EVERY == 0:
             out.append({"t": "mem", "wid": wid, "bytes": iso.memory()})
 

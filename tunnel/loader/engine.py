@@ -299,7 +299,7 @@ class Isolate:
 
     def _take(self) -> list[dict]:
         raw = self._flush()
-        return json.loads(raw) if raw else []
+        return json.loads(raw.partition("|")[2]) if raw else []
 
     def turn(self, rid: int, message: str, payload: str | None = None) -> str:
         """Deliver one message to the runtime, run the jobs it causes, return the events.
@@ -310,6 +310,7 @@ class Isolate:
             payload: optional raw string delivered alongside (a body, entropy).
         Returns:
             The runtime's events (``res``, ``end``, ``op``, ``log``) as JSON text, or ``""``.
+            Requests that ended in this turn have their CPU accounting dropped.
         Raises:
             IsolateFailure: CPU limit, memory limit or another uncatchable failure; discard the isolate.
         """
@@ -337,7 +338,13 @@ class Isolate:
         finally:
             self.cpu_used[rid] = self.cpu_used.get(rid, 0.0) + clock() - start
         self.turns += 1
-        if raw and '"t":"entropy"' in raw:
+        if not raw:
+            return ""
+        ended, _, raw = raw.partition("|")
+        if ended:
+            for r in ended.split(","):
+                self.cpu_used.pop(int(r), None)
+        if '"t":"entropy"' in raw:
             try:
                 self._host('{"t":"entropy"}', os.urandom(_ENTROPY_BYTES).decode("latin-1"))
             except quickjs.JSException as exc:

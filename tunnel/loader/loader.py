@@ -68,7 +68,9 @@ class WorkerStub:
         """
         loader = self._loader
         entry = loader._entry(self.key, self._factory, count=False)
-        inst = await loader._ready(entry)
+        inst = entry.instance
+        if inst is None or not inst.alive or entry.error is not None:
+            inst = await loader._ready(entry)
         entry.last_used = time.monotonic()
         return await inst.shard.fetch(inst, request)
 

@@ -23,6 +23,7 @@
 
   const def = (obj, name, value) => Object.defineProperty(obj, name, {value, writable: true, configurable: true, enumerable: false});
   const emit = (ev) => { out.push(ev); };
+  const ended = [];  // rids finished since the last flush (lets the host skip parsing events)
   function op(o) {
     const id = nextOp++;
     o.t = 'op'; o.id = id;
@@ -471,21 +472,23 @@
     emit({t: 'res', rid, ok: false, kind, name: String(err.name || 'Error'), message: String(err.message), stack: String(err.stack || ''), end: !!end});
   }
   function finish(rid, waits) {
-    if (!waits.length) { emit({t: 'end', rid}); return; }
+    if (!waits.length) { ended.push(rid); emit({t: 'end', rid}); return; }
     Promise.allSettled(waits).then((rs) => {
       for (const r of rs) if (r.status === 'rejected') emit({t: 'log', l: 'error', m: 'waitUntil promise rejected: ' + fmt([r.reason])});
       if (waits.length > rs.length) return finish(rid, waits.slice(rs.length));
+      ended.push(rid);
       emit({t: 'end', rid});
     });
   }
   function respond(rid, r, waits) {
     if (!(r instanceof Response)) throw new TypeError('Incorrect type for Promise: the Promise did not resolve to \'Response\'.');
     const ev = {t: 'res', rid, ok: true, res: serRes(r)};
-    if (!waits.length) ev.end = true;
+    if (!waits.length) { ev.end = true; ended.push(rid); }
     emit(ev);
     if (waits.length) finish(rid, waits);
   }
   function failed(rid, e, waits) {
+    if (!waits.length) ended.push(rid);
     fail(rid, e, !waits.length);
     if (waits.length) finish(rid, waits);
   }
@@ -538,10 +541,13 @@
       default: throw new Error('unknown host message ' + m.t);
     }
   }
+  // Returns "" or "<ended rids, comma-separated>|<events JSON>".
   function flush() {
     if (!out.length) return '';
-    const s = JSON.stringify(out);
+    // join() builds a flat string; '+' may build a rope, which the binding cannot return.
+    const s = [ended.join(','), JSON.stringify(out)].join('|');
     out.length = 0;
+    ended.length = 0;
     return s;
   }
   def(G, '__qjs_host', host);
