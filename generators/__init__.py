@@ -4,6 +4,7 @@
     generate_metrics_worker(tunnel)          -> GeneratedWorker  (key metrics-<id>)
     generate_config_worker(config, version)  -> GeneratedWorker  (key config-<version>)
     build_routing_table(config)              -> RoutingTable     (the config worker's answers, in Python)
+    observed_headers / exchange / merge_expositions                (feeding metrics-<id>, merging its output)
 
 No I/O, no import of the edge, the tunnel protocol or the loader's internals;
 :meth:`GeneratedWorker.to_worker_code` imports ``tunnel.loader`` only when called.
@@ -12,11 +13,14 @@ The workers' contracts are in docs/workers.md.
 
 from generators.code import COMPATIBILITY_DATE, GeneratedWorker, js
 from generators.config_worker import config_answer, generate_config_worker
+from generators.exposition import exchange, merge_expositions, observed_headers
 from generators.keys import config_key, metrics_key, parse_key, tunnel_key
 from generators.metrics_worker import exposed_name, generate_metrics_worker
 from generators.routing import RoutingTable, build_routing_table
 from generators.tunnel_worker import generate_tunnel_worker
 
-__all__ = ["COMPATIBILITY_DATE", "GeneratedWorker", "RoutingTable", "build_routing_table", "config_answer",
-           "config_key", "exposed_name", "generate_config_worker", "generate_metrics_worker",
-           "generate_tunnel_worker", "js", "metrics_key", "parse_key", "tunnel_key"]
+__all__ = [
+    "COMPATIBILITY_DATE", "GeneratedWorker", "RoutingTable", "build_routing_table", "config_answer", "config_key",
+    "exchange", "exposed_name", "generate_config_worker", "generate_metrics_worker", "generate_tunnel_worker", "js",
+    "merge_expositions", "metrics_key", "observed_headers", "parse_key", "tunnel_key",
+]
