@@ -192,6 +192,7 @@ async def test_stats_report_counters_and_memory(loader):
     s = loader.stats()
     assert (s["misses"], s["hits"], s["loads"], s["load_failures"], s["evictions"], s["workers"]) == (2, 0, 2, 0, 0, 2)
     assert s["per_worker"]["s2"]["requests"] == 3
+    assert 0 < s["load_seconds"] < 5 and s["errors"] == {}
     assert 100_000 < s["per_worker"]["s2"]["memory_bytes"] < 2_000_000
     assert s["memory_bytes"] == sum(w["memory_bytes"] for w in s["per_worker"].values())
     # the precompiled-runtime fast path is active on the pinned binding (else isolates build 3x slower)

@@ -34,6 +34,7 @@ async def test_cpu_limit_stops_runaway_and_isolate_is_reloaded(loader):
     assert json.loads(await r.read()) == {"n": 1}       # fresh isolate (state reset) ...
     assert factory.calls == 1                            # ... from the cached code, no factory re-run
     assert loader.stats()["reloads"] == 1
+    assert loader.stats()["errors"] == {"CpuLimitExceeded": 1}
 
 
 async def test_cpu_limit_counts_all_turns_of_one_request(loader):

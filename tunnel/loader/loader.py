@@ -68,11 +68,17 @@ class WorkerStub:
         """
         loader = self._loader
         entry = loader._entry(self.key, self._factory, count=False)
-        inst = entry.instance
-        if inst is None or not inst.alive or entry.error is not None:
-            inst = await loader._ready(entry)
-        entry.last_used = time.monotonic()
-        return await inst.shard.fetch(inst, request)
+        try:
+            inst = entry.instance
+            if inst is None or not inst.alive or entry.error is not None:
+                inst = await loader._ready(entry)
+            entry.last_used = time.monotonic()
+            return await inst.shard.fetch(inst, request)
+        except WorkerError as exc:
+            errors = loader._errors
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+            raise
 
 
 class Loader:
@@ -111,7 +117,9 @@ class Loader:
         n = shards or os.cpu_count() or 1
         self._shards = [Shard(i, limits, hang, self._on_dead, self._on_memory) for i in range(n)]
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0}
+        self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0,
+                       "load_seconds": 0.0}
+        self._errors: dict[str, int] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -148,13 +156,15 @@ class Loader:
         """Counters and live state.
 
         Returns:
-            ``{"hits", "misses", "loads", "load_failures", "evictions", "reloads", "workers",
-            "memory_bytes", "shards": [...], "per_worker": {key: {"memory_bytes", "requests", "idle_s"}}}``.
+            ``{"hits", "misses", "loads", "load_failures", "evictions", "reloads", "load_seconds" (sum of
+            factory-to-ready times of successful loads), "errors": {WorkerError subclass name: count},
+            "workers", "memory_bytes", "shards": [...], "per_worker": {key: {"memory_bytes", "requests", "idle_s"}}}``.
         """
         now = time.monotonic()
         live = {k: e for k, e in self._entries.items() if e.instance is not None and e.instance.alive}
         return {
             **self._stats,
+            "errors": dict(self._errors),
             "workers": len(live),
             "memory_bytes": sum(e.instance.memory for e in live.values()),
             "per_worker": {k: {"memory_bytes": e.instance.memory, "requests": e.instance.requests,
@@ -220,6 +230,7 @@ class Loader:
         del task
 
     async def _load(self, entry: _Entry, fut: asyncio.Future) -> None:
+        started = time.perf_counter()
         try:
             reload = entry.code is not None
             if reload:
@@ -248,6 +259,7 @@ class Loader:
             return
         entry.loads += 1
         self._stats["loads"] += 1
+        self._stats["load_seconds"] += time.perf_counter() - started
         if self._entries.get(entry.key) is not entry:  # evicted while loading
             inst.shard.drop(inst)
             if not fut.done():
