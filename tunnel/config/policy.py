@@ -40,6 +40,9 @@ _REALM = re.compile(r'^[\x20-\x7e]{1,100}$')
 _VARIANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ORIGIN = re.compile(r"^(\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)$")
 _BAD_REALM = set('"\\')
+# Framing and hop-by-hop headers belong to the edge and the connector; Tunnel-Error to the edge.
+MANAGED_HEADERS = frozenset({"connection", "content-length", "host", "keep-alive", "proxy-connection", "te",
+                             "trailer", "transfer-encoding", "upgrade", "tunnel-error"})
 RESPONSE_ACTIONS = ("set_response_headers", "add_response_headers", "remove_response_headers", "cors",
                     "custom_response")
 
@@ -169,13 +172,23 @@ def _networks(p: Problems, path: str, raw: Any, *, nonempty: bool) -> tuple:
 
 # --- actions ---------------------------------------------------------------------------------------
 
+def _unmanaged(p: Problems, path: str, name: str | None) -> str | None:
+    if name is not None and name.lower() in MANAGED_HEADERS:
+        p.add(path, f"{name} is managed by the edge and cannot be changed by a policy")
+        return None
+    return name
+
+
 def _headers(p: Problems, path: str, raw: Any, kind: str) -> HeaderValues | None:
     pairs = v.header_map(p, path, raw)
+    if pairs is not None:
+        pairs = tuple(pair for pair in pairs if _unmanaged(p, v.join(path, pair[0]), pair[0]) is not None)
     return None if pairs is None else HeaderValues(kind=kind, target=kind.split("_")[1], headers=pairs)
 
 
 def _remove(p: Problems, path: str, raw: Any, kind: str) -> RemoveHeaders | None:
-    names = [v.header_name(p, v.join(path, i), n) for i, n in enumerate(v.items(p, path, raw) or [])]
+    names = [_unmanaged(p, v.join(path, i), v.header_name(p, v.join(path, i), n))
+             for i, n in enumerate(v.items(p, path, raw) or [])]
     return RemoveHeaders(kind=kind, target=kind.split("_")[1], names=tuple(n.lower() for n in names if n))
 
 
@@ -222,6 +235,8 @@ def _custom_response(p: Problems, path: str, raw: Any, kind: str) -> CustomRespo
     ctype = v.string(p, v.join(path, "content_type"), m.get("content_type", "text/plain; charset=utf-8"),
                      pattern=v.HEADER_VALUE, what="a media type")
     headers = v.header_map(p, v.join(path, "headers"), m["headers"]) if "headers" in m else ()
+    for name, _ in headers or ():
+        _unmanaged(p, v.join(v.join(path, "headers"), name), name)
     if None in (status, body, ctype, headers):
         return None
     return CustomResponse(status=status, body=body, content_type=ctype, headers=headers)
