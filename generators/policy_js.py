@@ -183,7 +183,7 @@ function parseIp(text) {
     if (parts.length !== 4) return null;
     const b = [];
     for (const p of parts) {
-      if (!/^[0-9]{1,3}$/.test(p) || Number(p) > 255) return null;
+      if (!/^(0|[1-9][0-9]{0,2})$/.test(p) || Number(p) > 255) return null;
       b.push(Number(p));
     }
     return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];

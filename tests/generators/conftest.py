@@ -189,8 +189,8 @@ class Response {
 }
 globalThis.Headers = Headers; globalThis.URL = URL; globalThis.Request = Request; globalThis.Response = Response;
 globalThis.__results = [];
-globalThis.__run = (method, url, headers, body) => {
-  const request = new Request(url, { method, headers, body, cf: { clientIp: "192.0.2.1" } });
+globalThis.__run = (method, url, headers, body, clientIp) => {
+  const request = new Request(url, { method, headers, body, cf: { clientIp } });
   const env = { TUNNEL: { fetch: async (r, opts) => new Response("origin", { status: 200 }) } };
   Promise.resolve(globalThis.__worker.fetch(request, env, {})).then(
     (r) => { __results.push({ status: r.status, headers: [...r.headers], body: r.body }); },
@@ -218,11 +218,12 @@ class QuickJSHarness:
         while self.ctx.execute_pending_job():
             pass
 
-    def fetch(self, method: str, url: str, headers: dict | None = None, body: str | None = None) -> dict:
+    def fetch(self, method: str, url: str, headers: dict | None = None, body: str | None = None,
+              client_ip: str = "192.0.2.1") -> dict:
         """Run the worker's fetch; return ``{status, headers: [[k, v]…], body}`` with strings exact."""
         import json
 
-        self.ctx.set("__args", json.dumps([method, url, headers or {}, body], ensure_ascii=True))
+        self.ctx.set("__args", json.dumps([method, url, headers or {}, body, client_ip], ensure_ascii=True))
         self.ctx.eval("__run(...JSON.parse(__args))")
         self._drain()
         result = json.loads(self.ctx.eval("JSON.stringify(__results.pop())"))

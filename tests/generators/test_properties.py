@@ -120,3 +120,55 @@ def test_routing_table_answers_like_the_config_worker(qjs, case):
             assert result["status"] == 404, (host, result)
         else:
             assert result["status"] == 200 and json.loads(result["body"]) == {"version": 3, **expected}, host
+
+
+@st.composite
+def ip_case(draw):
+    import ipaddress
+
+    def network():
+        ip = draw(st.ip_addresses())
+        prefix = draw(st.integers(0, 32 if ip.version == 4 else 128))
+        return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+    nets = [network() for _ in range(draw(st.integers(1, 3)))]
+    clients = []
+    for _ in range(6):
+        # Addresses near the networks, mapped forms, brackets, and garbage.
+        base = ipaddress.ip_network(draw(st.sampled_from(nets)))
+        offset = draw(st.integers(-2, 2))
+        try:
+            addr = ipaddress.ip_address(int(base.network_address) + offset * max(1, base.num_addresses // 2))
+        except ValueError:
+            addr = base.network_address
+        if addr.version != base.version:
+            addr = base.network_address
+        text = str(addr)
+        form = draw(st.sampled_from(["plain", "mapped", "bracket", "garbage"]))
+        if form == "mapped" and addr.version == 4:
+            text = "::ffff:" + text
+        elif form == "bracket" and addr.version == 6:
+            text = f"[{text}]"
+        elif form == "garbage":
+            text = draw(st.sampled_from(["", "1.2.3", "::g", "1.2.3.4.5", "256.1.1.1", ":::", "1::2::3",
+                                               "010.0.0.1", "::ffff:1.2.3", "1:2:3:4:5:6:7:8:9", "fe80::1%eth0"]))
+        clients.append(text)
+    clients.append(str(draw(st.ip_addresses())))
+    return nets, clients
+
+
+@settings(max_examples=60, deadline=None)
+@given(ip_case())
+def test_worker_ip_matching_agrees_with_python(qjs, case):
+    import ipaddress
+
+    from tunnel.config.patterns import ip_in_networks
+
+    nets, clients = case
+    config = parse_config({"tunnels": {"t": {"hostnames": ["t.localhost"], "policy": {"on_request": [
+        {"match": {"client_ip": nets}, "actions": [{"deny": {"status": 451}}]}]}}}})
+    worker = qjs(generate_tunnel_worker(config.tunnels["t"]))
+    parsed = tuple(ipaddress.ip_network(n) for n in nets)
+    for client in clients:
+        status = worker.fetch("GET", "http://t.localhost/", client_ip=client)["status"]
+        assert (status == 451) == ip_in_networks(client, parsed), (client, nets)
