@@ -172,3 +172,27 @@ def test_worker_ip_matching_agrees_with_python(qjs, case):
     for client in clients:
         status = worker.fetch("GET", "http://t.localhost/", client_ip=client)["status"]
         assert (status == 451) == ip_in_networks(client, parsed), (client, nets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(glob=st.text(st.sampled_from("ab/*"), max_size=8), text=st.text(st.sampled_from("ab/"), max_size=10))
+def test_glob_matching_agrees_with_python(glob, text):
+    import quickjs
+
+    from generators.policy_js import HELPERS
+    from tunnel.config.patterns import glob_match
+
+    ctx = _glob_context(quickjs, HELPERS["globMatch"][1])
+    ctx.set("g", glob)
+    ctx.set("t", text)
+    assert ctx.eval("globMatch(g, t)") == glob_match(glob, text)
+
+
+_GLOB_CTX = {}
+
+
+def _glob_context(quickjs, source):
+    if "ctx" not in _GLOB_CTX:
+        _GLOB_CTX["ctx"] = quickjs.Context()
+        _GLOB_CTX["ctx"].eval(source)
+    return _GLOB_CTX["ctx"]
