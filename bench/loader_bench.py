@@ -48,6 +48,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def factory_for(src: str):
     async def factory() -> WorkerCode:
         return WorkerCode("2026-11-01", "index.js", {"index.js": src})
@@ -89,10 +95,16 @@ async def warm(n: int, concurrency: int) -> None:
             async def client() -> None:
                 for _ in range(per):
                     await stub.fetch(req)
-            t = time.perf_counter()
+            pid = ld.stats()["shards"][0]["pid"]
+            c0, p0, t = proc_cpu_s(pid), time.process_time(), time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             dt = time.perf_counter() - t
-            print(f"warm request, {label:8s} {concurrency} concurrent, one shard: {per * concurrency / dt:,.0f} req/s")
+            total = per * concurrency
+            shard_us = (proc_cpu_s(pid) - c0) / total * 1e6
+            loop_us = (time.process_time() - p0) / total * 1e6
+            print(f"warm request, {label:8s} {concurrency} concurrent, one shard: {total / dt:,.0f} req/s wall; CPU per "
+                  f"request: shard {shard_us:.0f} µs + event-loop process {loop_us:.0f} µs "
+                  f"(= {1e6 / (shard_us + loop_us):,.0f} req/s per core)")
         stub = ld.get("trivial", factory_for(TRIVIAL))
         f = factory_for(TRIVIAL)
         t = time.perf_counter()

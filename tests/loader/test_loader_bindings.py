@@ -177,3 +177,16 @@ async def test_body_used_twice_is_a_type_error(loader):
     with pytest.raises(WorkerScriptError, match="TypeError: Body has already been used"):
         await run(loader, "used-twice", code(src, env={"TUNNEL": tunnel}), Request("POST", "http://a/", body=b"abc"))
     assert tunnel.calls == []
+
+
+async def test_body_passes_through_a_rebuilt_request(loader):
+    tunnel = Tunnel()
+    stream = Stream([b"data"])
+    src = """export default { fetch(req, env) {
+      const url = new URL(req.url); url.pathname = "/rewritten";
+      const headers = new Headers(req.headers); headers.set("X-Edge", "1");
+      return env.TUNNEL.fetch(new Request(url, {method: req.method, headers, body: req.body})) } }"""
+    await run(loader, "rebuilt", code(src, env={"TUNNEL": tunnel}), Request("PUT", "http://web.localhost/orig", body=stream))
+    (py_req, _), = tunnel.calls
+    assert (py_req.method, py_req.url, py_req.headers["x-edge"]) == ("PUT", "http://web.localhost/rewritten", "1")
+    assert py_req.body is stream and not stream.iterated

@@ -118,3 +118,16 @@ async def test_factory_errors_are_load_errors(loader):
         return "not code"
     with pytest.raises(WorkerLoadError, match="TypeError: factory returned str"):
         await loader.get("factory-wrong", wrong).fetch(get())
+
+
+async def test_factory_that_never_finishes_times_out():
+    import asyncio
+
+    from tunnel.loader import Loader
+
+    async def hang():
+        await asyncio.sleep(3600)
+
+    async with Loader(shards=1, load_timeout_s=0.2) as ld:
+        with pytest.raises(WorkerLoadError, match="did not finish within 0.2s"):
+            await ld.get("hangs", hang).fetch(get())

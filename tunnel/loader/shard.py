@@ -141,7 +141,8 @@ class Shard:
         parent, child = socket.socketpair()
         try:
             env = dict(os.environ)
-            env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+            # the child must import this very package, however the parent found it
+            env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tunnel.loader.child", str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, env=env)
