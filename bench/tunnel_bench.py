@@ -312,7 +312,7 @@ class Bench:
             out = subprocess.run(
                 [exe, "--log-level", "WARNING", "tunnels", "create", "bench", "--hostname", HOSTNAME,
                  "--admin", f"http://127.0.0.1:{admin}", "--data-dir", str(data), "--json"],
-                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             raise BenchError("`tunnel tunnels create` did not finish within 30 s") from None
         if out.returncode != 0:
@@ -347,7 +347,7 @@ class Bench:
         cpu0 = tunnel_cpu_s(self.tunnel_pids())
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             raise BenchError(f"wrk did not finish within {seconds + 30:.0f} s ({path}, c={conns})") from None
         cpu1 = tunnel_cpu_s(self.tunnel_pids())
@@ -374,7 +374,7 @@ class Bench:
         cpu0 = tunnel_cpu_s(self.tunnel_pids())
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 15,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             raise BenchError(f"curl did not finish within {limit + 15} s ({path} download)") from None
         cpu1 = tunnel_cpu_s(self.tunnel_pids())
@@ -407,7 +407,7 @@ def span(vals: list[float], nd: int = 0) -> str:
 
 def table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.rjust(w) if i else c.ljust(w)
                                            for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     sep = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(head), sep, *(line(r) for r in rows)])
@@ -416,7 +416,7 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 def report(b: Bench, wrk: dict, dl: dict, args, started: str, load0: str) -> None:
     reps = args.repeats
     print()
-    print(f"## tunnel benchmark: direct (nginx) vs through the tunnel (edge + connector processes)")
+    print("## tunnel benchmark: direct (nginx) vs through the tunnel (edge + connector processes)")
     print(f"{started}; {os.cpu_count()} CPUs; loadavg at start {load0}, at end {loadavg()}; "
           f"{reps} repeat(s), wrk {args.duration:g} s runs, -t{WRK_THREADS} --timeout 5s; "
           f"download {args.download_mib} MiB")
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     try:
         b = Bench(args, tmp, procs)
-        log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
         log(f"preparing {args.download_mib} MiB origin file in {tmp}")
         b.prepare_files()
         b.start_origin()
