@@ -148,13 +148,16 @@ def main(fd: int) -> None:
     fast = enable_bytecode()
     sock.sendall(encode({"hello": os.getpid(), "bytecode": fast}))
     clock = time.monotonic
+    buf = bytearray(1 << 20)   # recv_into a reused buffer: recv(1 MiB) would mmap/munmap per call
+    view = memoryview(buf)
     while True:
         try:
-            data = sock.recv(1 << 20)
+            n = sock.recv_into(buf)
         except OSError:
             return
-        if not data:
+        if not n:
             return
+        data = view[:n].tobytes()
         out: list = []
         js: list = []
         seq = None
