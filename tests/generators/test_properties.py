@@ -21,13 +21,19 @@ from generators import (
 )
 from tunnel.config import parse_config
 
-NASTY = ["</script>", "${x}", "*/", "/*", "\u2028", "\u2029", "\x00", "\ud800", "\udfff", "`", "'", '"', "\\",
+NASTY = ["\ud800\udfff", "</script>", "${x}", "*/", "/*", "\u2028", "\u2029", "\x00", "\ud800", "\udfff", "`", "'", '"', "\\",
          "\\u0041", "<!--", "-->", "\n", "\r", "__proto__", "\ufeff", "😀"]
 ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
 TEXT = st.lists(st.one_of(st.sampled_from(NASTY), st.text(ANY_CHAR, max_size=8)), max_size=6).map("".join)
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
 TOKEN = st.one_of(st.sampled_from(["__proto__", "constructor", "toString", "X-A"]),
                   st.text(st.sampled_from("abcXYZ019-_!#$%&'*+.^`|~"), min_size=1, max_size=12))
+def js_same(a, b) -> bool:
+    """Equal as JavaScript sees them: the same UTF-16 code units (a Python str may spell a surrogate
+    pair as two code points, which JavaScript reads as one astral character)."""
+    return json.dumps(a, ensure_ascii=True, sort_keys=True) == json.dumps(b, ensure_ascii=True, sort_keys=True)
+
+
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -65,19 +71,20 @@ def test_values_come_back_out_exactly(qjs, compile_js, body, help_text, template
     # Without the custom module, the same policy runs in the bare harness.
     bare = parse_config({"tunnels": {"t": {k: v for k, v in doc["tunnels"]["t"].items() if k != "worker"}}})
     result = qjs(generate_tunnel_worker(bare.tunnels["t"])).fetch("GET", "http://t.localhost/")
-    assert result["status"] == 200 and result["body"] == body
+    assert result["status"] == 200 and js_same(result["body"], body)
     assert [header_name.lower(), header_value] in result["headers"]
 
     metrics = generate_metrics_worker(tunnel)
     compile_js(metrics.modules[metrics.main_module])
     exposition = qjs(metrics).fetch("GET", "http://m/metrics")["body"]
     help_line = (help_text or "h").replace("\\", "\\\\").replace("\n", "\\n")
-    assert exposition.split("\n")[0] == "# HELP tunnel_custom_m_total " + help_line
+    assert js_same(exposition.split("\n")[0], "# HELP tunnel_custom_m_total " + help_line)
 
     worker = generate_config_worker(config, 7)
     compile_js(worker.modules[worker.main_module])
     answer = json.loads(qjs(worker).fetch("GET", "http://c/config")["body"])
-    assert answer == config_answer(config, 7) and answer["config"]["tunnels"]["t"]["policy"] == doc["tunnels"]["t"]["policy"]
+    assert js_same(answer, config_answer(config, 7))
+    assert js_same(answer["config"]["tunnels"]["t"]["policy"], doc["tunnels"]["t"]["policy"])
 
 
 LABELS = st.sampled_from(["a", "b", "web", "x-1", "localhost", "test"])
