@@ -297,7 +297,8 @@ class Connector:
                 await runner
             finally:
                 self.sessions.pop(index, None)
-            log.warning("edge-conn #%d lost: %s", index, session.close_reason)
+            level = logging.INFO if session.going_away or self._draining else logging.WARNING
+            log.log(level, "edge-conn #%d closed: %s", index, session.close_reason)
             return True
 
 
