@@ -119,7 +119,7 @@ async def test_memory_limit_at_load_time():
 async def test_watchdog_kills_a_shard_that_stops_answering():
     # A CPU limit far above the watchdog's timeout stands in for a native operation the engine
     # cannot interrupt: only killing the process stops it.
-    async with Loader(shards=1, cpu_limit_ms=30_000, hang_timeout_s=0.5) as ld:
+    async with Loader(shards=1, cpu_limit_ms=30_000, hang_timeout_s=0.5, failure_ttl_s=60) as ld:
         spin_factory = CountingFactory(code(RUNAWAY))
         spin = ld.get("stuck", spin_factory)
         bystander = ld.get("bystander", CountingFactory(code(
@@ -130,11 +130,20 @@ async def test_watchdog_kills_a_shard_that_stops_answering():
         waiting = asyncio.ensure_future(bystander.fetch(get()))
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
+        spinning = asyncio.ensure_future(spin.fetch(Request("GET", "http://a/spin")))
+        await asyncio.sleep(0.1)
+        late_factory = CountingFactory(code(OTHER))
+        late = ld.get("late-load", late_factory)   # its load queues behind the stuck request
+        late_first = asyncio.ensure_future(late.fetch(get()))
         with pytest.raises(CpuLimitExceeded):
-            await spin.fetch(Request("GET", "http://a/spin"))
+            await spinning
         killed_after = time.monotonic() - t0
         with pytest.raises(WorkerUnavailable):
             await waiting
+        with pytest.raises(WorkerUnavailable):
+            await late_first
+        # a load that failed only because its shard was killed is not remembered as a failure
+        assert await (await late.fetch(get())).read() == b"ok" and late_factory.calls == 1
         assert 0.4 < killed_after < 3.0, killed_after
         r = await spin.fetch(Request("GET", "http://a/count"))
         assert json.loads(await r.read()) == {"n": 1} and spin_factory.calls == 1

@@ -252,7 +252,12 @@ class Loader:
                 err = WorkerLoadError(f"worker {entry.key!r}: the factory did not finish within {self.load_timeout_s}s",
                                       js_name="Error", js_message="factory timed out", key=entry.key)
             self._stats["load_failures"] += 1
-            if self._entries.get(entry.key) is entry:
+            if isinstance(err, WorkerUnavailable):
+                # transient (the shard died under the load, or the loader is closing): not remembered,
+                # the next request loads again
+                if entry.loading is fut:
+                    entry.loading = None
+            elif self._entries.get(entry.key) is entry:
                 entry.error, entry.error_until = err, time.monotonic() + self.failure_ttl_s
             if not fut.done():
                 fut.set_exception(err)
