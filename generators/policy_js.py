@@ -23,10 +23,10 @@ function begin(request) {
   const cf = request.cf || {};
   const href = request.url;
   const start = href.indexOf("//") + 2;
-  let end = start;
-  while (end < href.length && href[end] !== "/" && href[end] !== "?" && href[end] !== "#") end++;
+  let end = href.slice(start).search(/[/?#]/);
+  end = end < 0 ? href.length : start + end;
   let host = href.slice(start, end);
-  host = host.slice(host.lastIndexOf("@") + 1);
+  if (host.indexOf("@") >= 0) host = host.slice(host.lastIndexOf("@") + 1);
   host = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
   let rest = href.slice(end);
   if (rest.indexOf("#") >= 0) rest = rest.slice(0, rest.indexOf("#"));
@@ -34,7 +34,7 @@ function begin(request) {
   return {
     request,
     origin: href.slice(0, end),
-    hostname: host.replace(/[A-Z]+/g, (c) => c.toLowerCase()),
+    hostname: host.toLowerCase(),  // URL hosts are ASCII (punycode), so this is the ASCII lowercase
     path: (q < 0 ? rest : rest.slice(0, q)) || "/",
     search: q < 0 ? "" : rest.slice(q),
     clientIp: typeof cf.clientIp === "string" ? cf.clientIp : "",
