@@ -174,3 +174,11 @@ async def test_handler_errors_carry_js_name_and_message(loader):
     assert info.value.status == 500
     with pytest.raises(WorkerScriptError, match=r"TypeError: .*Response"):
         await run(loader, "wrong-type", 'export default { fetch() { return "a string" } }')
+
+
+async def test_timers_and_pending_operations_are_bounded(loader):
+    src = """export default { async fetch() {
+      let timers = null; try { for (let i = 0; i < 2000; i++) setTimeout(() => {}, 60000) } catch (e) { timers = e.name + ": " + e.message }
+      return new Response(timers) } }"""
+    _, body = await run(loader, "timers-bounded", src)
+    assert body == b"RangeError: too many active timers (1000)"

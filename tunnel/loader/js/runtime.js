@@ -24,7 +24,9 @@
   const def = (obj, name, value) => Object.defineProperty(obj, name, {value, writable: true, configurable: true, enumerable: false});
   const emit = (ev) => { out.push(ev); };
   const ended = [];  // rids finished since the last flush (lets the host skip parsing events)
+  const MAX_PENDING_OPS = 10000;
   function op(o) {
+    if (pending.size >= MAX_PENDING_OPS) throw new RangeError(`too many pending host operations (${MAX_PENDING_OPS})`);
     const id = nextOp++;
     o.t = 'op'; o.id = id;
     emit(o);
@@ -353,8 +355,10 @@
       t.fn(...t.args);
     });
   }
+  const MAX_TIMERS = 1000;
   function setTimeout(fn, ms = 0, ...args) {
     if (typeof fn !== 'function') throw new TypeError('setTimeout requires a function');
+    if (timers.size >= MAX_TIMERS) throw new RangeError(`too many active timers (${MAX_TIMERS})`);
     const id = nextTimer++;
     timers.set(id, {fn, args, ms, repeat: false});
     armTimer(id, ms);
