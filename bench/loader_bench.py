@@ -114,17 +114,17 @@ async def warm(n: int, concurrency: int) -> None:
 
 
 async def memory(counts: list[int]) -> None:
-    for count in counts:
+    for count, src, label in [(c, TRIVIAL, "trivial") for c in counts] + [(100, TYPICAL, "typical, with URL")]:
         async with Loader(shards=1, max_workers=100_000, idle_s=3600) as ld:
             await ld.start()
             pid = ld.stats()["shards"][0]["pid"]
             base = rss_kib(pid)
             for i in range(count):
-                await (await ld.get(f"mem-{i}", factory_for(TRIVIAL + f"\n// {i}")).fetch(
+                await (await ld.get(f"mem-{i}", factory_for(src + f"\n// {i}")).fetch(
                     Request("GET", "http://a/"))).read()
             s = ld.stats()
             grown = rss_kib(pid) - base
-            print(f"memory, {count:5d} workers cached: QuickJS heap {s['memory_bytes'] / count / 1024:.0f} KiB/worker, "
+            print(f"memory, {count:5d} {label} workers cached: QuickJS heap {s['memory_bytes'] / count / 1024:.0f} KiB/worker, "
                   f"shard RSS +{grown / count:.0f} KiB/worker (RSS {rss_kib(pid) / 1024:.0f} MiB)")
 
 

@@ -190,3 +190,26 @@ async def test_body_passes_through_a_rebuilt_request(loader):
     (py_req, _), = tunnel.calls
     assert (py_req.method, py_req.url, py_req.headers["x-edge"]) == ("PUT", "http://web.localhost/rewritten", "1")
     assert py_req.body is stream and not stream.iterated
+
+
+async def test_many_requests_in_flight_on_one_isolate_do_not_mix(loader):
+    import asyncio
+    import random
+
+    class SlowOrigin:
+        async def fetch(self, request: Request, *rest):
+            await asyncio.sleep(random.random() * 0.02)
+            n = request.headers["x-n"]
+            return Response(200, {"x-n": n}, Stream([b"body-", n.encode()]))
+
+    src = """export default { async fetch(req, env) {
+      const r = await env.TUNNEL.fetch(req);
+      const out = new Response(r.body, r);
+      out.headers.set("x-seen", req.headers.get("x-n") + "/" + r.headers.get("x-n"));
+      return out } }"""
+    stub = loader.get("mixing", CountingFactory(code(src, env={"TUNNEL": SlowOrigin()})))
+    responses = await asyncio.gather(*(stub.fetch(Request("GET", f"http://a/{i}", headers={"x-n": str(i)}))
+                                       for i in range(60)))
+    for i, r in enumerate(responses):
+        assert r.headers["x-seen"] == f"{i}/{i}"
+        assert await r.read() == f"body-{i}".encode()
