@@ -182,3 +182,17 @@ async def test_timers_and_pending_operations_are_bounded(loader):
       return new Response(timers) } }"""
     _, body = await run(loader, "timers-bounded", src)
     assert body == b"RangeError: too many active timers (1000)"
+
+
+async def test_crypto_subtle_digest(loader):
+    import hashlib
+    src = """export default { async fetch() {
+      const hex = (b) => Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
+      const data = new TextEncoder().encode("hello");
+      let bad = null; try { await crypto.subtle.digest("SHA-3", data) } catch (e) { bad = e.name }
+      return Response.json({sha256: hex(await crypto.subtle.digest("SHA-256", data)),
+        sha1: hex(await crypto.subtle.digest({name: "sha-1"}, data.buffer)), bad,
+        eq: [crypto.subtle.timingSafeEqual(data, new TextEncoder().encode("hello")), crypto.subtle.timingSafeEqual(data, new TextEncoder().encode("hellp"))]}) } }"""
+    _, body = await run(loader, "digest", src)
+    assert json.loads(body) == {"sha256": hashlib.sha256(b"hello").hexdigest(), "sha1": hashlib.sha1(b"hello").hexdigest(),
+                                "bad": "NotSupportedError", "eq": [True, False]}

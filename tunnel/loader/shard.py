@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hashlib
 import inspect
 import json
 import itertools
@@ -378,6 +379,9 @@ class Shard:
                 inst.handles[h] = data
                 reply["p"] = "text" if ev["mode"] == "text" else "bin"
                 blob = data
+            elif kind == "digest":
+                blob = hashlib.new(ev["alg"], base64.b64decode(ev["d"])).digest()
+                reply["v"], reply["p"] = {"bin": True}, "bin"
             elif kind == "timer":
                 await asyncio.sleep(min(float(ev["ms"]) / 1000.0, _MAX_TIMER_S))
                 reply["v"] = None

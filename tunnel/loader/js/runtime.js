@@ -391,9 +391,27 @@
     const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
+  const DIGESTS = {'SHA-1': 'sha1', 'SHA-256': 'sha256', 'SHA-384': 'sha384', 'SHA-512': 'sha512', 'MD5': 'md5'};
+  const subtle = {};
+  def(subtle, 'digest', async (algorithm, data) => {
+    const name = String(typeof algorithm === 'string' ? algorithm : algorithm && algorithm.name).toUpperCase();
+    if (!DIGESTS[name]) throw new DOMException(`Unrecognized algorithm name: ${name}`, 'NotSupportedError');
+    const u = toBytes(data);
+    if (!u) throw new TypeError('digest: data must be an ArrayBuffer or ArrayBufferView');
+    return fromResult(await op({op: 'digest', alg: DIGESTS[name], d: bytesToB64(u)}));
+  });
+  def(subtle, 'timingSafeEqual', (a, b) => {
+    const x = toBytes(a), y = toBytes(b);
+    if (!x || !y) throw new TypeError('timingSafeEqual: arguments must be ArrayBuffers or views');
+    if (x.byteLength !== y.byteLength) throw new TypeError('Input buffers must have the same byte length');
+    let diff = 0;
+    for (let i = 0; i < x.byteLength; i++) diff |= x[i] ^ y[i];
+    return diff === 0;
+  });
   const crypto = {};
   def(crypto, 'getRandomValues', getRandomValues);
   def(crypto, 'randomUUID', randomUUID);
+  def(crypto, 'subtle', subtle);
   class ExecutionContext {
     constructor(waits) { def(this, '__w', waits); this.props = {}; }
     waitUntil(p) { this.__w.push(Promise.resolve(p)); }
