@@ -213,3 +213,40 @@ async def test_many_requests_in_flight_on_one_isolate_do_not_mix(loader):
     for i, r in enumerate(responses):
         assert r.headers["x-seen"] == f"{i}/{i}"
         assert await r.read() == f"body-{i}".encode()
+
+
+async def test_dropped_binding_body_is_closed_and_passed_on_body_is_not(loader):
+    import asyncio
+    closed = []
+
+    class OriginBody:
+        """Like the edge's stream body: async iterable, releases its stream on aclose()."""
+
+        def __init__(self, tag):
+            self.tag = tag
+
+        async def __aiter__(self):
+            yield b"x"
+
+        async def aclose(self):
+            closed.append(self.tag)
+
+    class Origin:
+        async def fetch(self, request: Request, *rest):
+            return Response(200, {}, OriginBody(request.url.rsplit("/", 1)[1]))
+
+    src = """export default { async fetch(req, env) {
+      const r = await env.TUNNEL.fetch(req);
+      return new URL(req.url).pathname === "/drop" ? new Response("replaced") : r } }"""
+    stub = loader.get("drop-body", CountingFactory(code(src, env={"TUNNEL": Origin()})))
+    r = await stub.fetch(Request("GET", "http://a/drop"))
+    assert await r.read() == b"replaced"
+    for _ in range(50):
+        if closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closed == ["drop"]
+    r = await stub.fetch(Request("GET", "http://a/keep"))
+    await asyncio.sleep(0.05)
+    assert closed == ["drop"]            # the passed-on body belongs to the caller now
+    assert isinstance(r.body, OriginBody) and r.body.tag == "keep"

@@ -74,6 +74,7 @@ class Instance:
         self.retired = False
         self.inflight: dict[int, _Req] = {}
         self.handles: dict[int, Any] = {}
+        self.closable: set[int] = set()
         self.tasks: set[asyncio.Task] = set()
         self.loaded: asyncio.Future | None = None
         self.requests = 0
@@ -328,7 +329,16 @@ class Shard:
         if req is None:
             return
         for h in req.handles:
-            inst.handles.pop(h, None)
+            body = inst.handles.pop(h, None)
+            if h in inst.closable:
+                inst.closable.discard(h)
+                # a binding's streaming response body the worker dropped: close it so the producer
+                # (e.g. the edge's origin stream) is released
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+                    task = asyncio.get_running_loop().create_task(_close_quietly(aclose))
+                    _background.add(task)
+                    task.add_done_callback(_background.discard)
         if not req.future.done():  # ended without a response (should not happen)
             req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r}: request ended without a response",
                                                        key=inst.key))
@@ -432,7 +442,11 @@ class Shard:
 
     def _result(self, inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
         if isinstance(result, Response):
-            body = None if body_is_empty(result.body) else {"h": self._handle(inst, result.body, rid)}
+            body = None
+            if not body_is_empty(result.body):
+                h = self._handle(inst, result.body, rid)
+                inst.closable.add(h)
+                body = {"h": h}
             return {"res": {"status": result.status, "statusText": result.status_text,
                             "headers": [[k, v] for k, v in result.headers.items()], "body": body}}, b""
         if isinstance(result, (bytes, bytearray, memoryview)):
@@ -518,6 +532,16 @@ class Shard:
             task.cancel()
         if self.transport is not None:
             self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+
+
+_background: set[asyncio.Task] = set()
+
+
+async def _close_quietly(aclose: Callable[[], Any]) -> None:
+    try:
+        await aclose()
+    except Exception:  # the producer's own error on close is not the worker's business
+        log.debug("closing a dropped body failed", exc_info=True)
 
 
 def _js_error_name(exc: BaseException) -> str:
