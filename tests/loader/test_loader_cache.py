@@ -80,6 +80,15 @@ async def test_failed_load_is_remembered_then_retried():
         assert ld.stats()["load_failures"] == 1
 
 
+async def test_expired_failures_are_forgotten_without_a_request():
+    async with Loader(shards=1, failure_ttl_s=0.1, idle_s=0.2) as ld:
+        with pytest.raises(WorkerLoadError):
+            await ld.get("broken", CountingFactory(ValueError("nope"))).fetch(get())
+        assert "broken" in ld._entries
+        await asyncio.sleep(0.4)
+        assert "broken" not in ld._entries
+
+
 async def test_code_does_not_change_while_cached_until_evicted(loader):
     v1, v2 = CountingFactory(counter("1")), CountingFactory(counter("2"))
     r = await loader.get("versioned", v1).fetch(get())

@@ -270,7 +270,10 @@ class Isolate:
             try:
                 return fn(*args)
             except quickjs.JSException as exc:
-                raise _load_failure(exc, module) from None
+                failure = _load_failure(exc, module)
+                if failure.kind == "load" and self._near_memory_limit(memory_limit):
+                    failure = IsolateFailure("memory", "Error", "Worker exceeded memory limit.", failure.stack)
+                raise failure from None
 
         call(self._host, json.dumps({"t": "init", "env": env_json, "bindings": bindings, "outbound": outbound}),
              os.urandom(_ENTROPY_BYTES).decode("latin-1"))
@@ -291,11 +294,20 @@ class Isolate:
             for ev in events:
                 if ev.get("t") == "modfail":
                     stack = ev["stack"].replace("<input>", ev["name"])
-                    kind = "memory" if "out of memory" in ev["message"] else "load"
-                    raise IsolateFailure(kind, ev["ename"], ev["message"], stack)
+                    if "out of memory" in ev["message"] or self._near_memory_limit(memory_limit):
+                        raise IsolateFailure("memory", "Error", "Worker exceeded memory limit.", stack)
+                    raise IsolateFailure("load", ev["ename"], ev["message"], stack)
         call(self._host, json.dumps({"t": "start", "main": main}))
         ctx.set_time_limit(_NO_LIMIT)
         self.pending_events = [ev for ev in self._take() if ev.get("t") == "log"]
+
+    def _near_memory_limit(self, limit: int) -> bool:
+        """True when the heap is within 5% of ``limit`` (an error then is most likely out-of-memory,
+        whose error object QuickJS may have been unable to allocate)."""
+        try:
+            return self.ctx.memory()["malloc_size"] >= 0.95 * limit
+        except quickjs.JSException:
+            return True
 
     def _take(self) -> list[dict]:
         raw = self._flush()

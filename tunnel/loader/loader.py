@@ -341,6 +341,10 @@ class Loader:
         for key in [k for k, e in self._entries.items() if e.instance is not None and e.last_used < cutoff
                     and not e.instance.inflight]:
             self._evict_entry(key)
+        # forget expired failures and discarded isolates nobody asked for again (no eviction counted)
+        for key in [k for k, e in self._entries.items() if e.instance is None and (e.loading is None or e.loading.done()) and (
+                (e.error is not None and now >= e.error_until) or (e.error is None and e.last_used < cutoff))]:
+            del self._entries[key]
 
     def _on_sweep(self) -> None:
         self._sweeper = None
