@@ -14,7 +14,9 @@
     │   ├── OriginUnreachable         502 origin-unreachable
     │   ├── OriginTimeout             504 origin-timeout
     │   ├── HeadTooLarge              431 head-too-large
-    │   └── BodyTooLarge              413 body-too-large
+    │   ├── BodyTooLarge              413 body-too-large
+    │   ├── WorkerFailed              500 worker-error (the tunnel's worker threw or failed to load)
+    │   └── WorkerLimited             503 worker-limit (CPU or memory limit, or worker unavailable)
     └── StoreError                    the state in --data-dir cannot be read or changed
         ├── NotFound                  (admin API 404)
         └── Conflict                  (admin API 409: a name or hostname already taken)
@@ -97,6 +99,14 @@ class HeadTooLarge(EdgeHTTPError):
 
 class BodyTooLarge(EdgeHTTPError):
     status, reason, title = 413, "body-too-large", "Request body too large"
+
+
+class WorkerFailed(EdgeHTTPError):
+    status, reason, title = 500, "worker-error", "The tunnel's worker failed"
+
+
+class WorkerLimited(EdgeHTTPError):
+    status, reason, title = 503, "worker-limit", "The tunnel's worker exceeded its limits"
 
 
 class BadRequest(EdgeHTTPError):

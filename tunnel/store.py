@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnel.config import ConfigError, parse_config
+from tunnel.config.document import content_hash
 from tunnel.errors import Conflict, NotFound, StoreError
 
 SCHEMA = """
@@ -53,12 +54,6 @@ ADMIN_TOKEN_FILE = "admin.token"
 def hash_token(token: str) -> str:
     """The stored verifier of a token."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def document_hash(document: dict[str, Any]) -> str:
-    """Content hash of a config document (canonical JSON, sorted keys)."""
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class Store:
         row = self.db.execute("SELECT COALESCE(MAX(version), 0) FROM config_versions").fetchone()
         number = row[0] + 1
         now = time.time()
-        digest = document_hash(document)
+        digest = content_hash(document)
         self.db.execute("INSERT INTO config_versions VALUES (?, ?, ?, ?, ?)",
                         (number, now, author, digest, json.dumps(document, sort_keys=True)))
         self.db.execute("INSERT OR REPLACE INTO state VALUES ('active_version', ?)", (str(number),))

@@ -442,3 +442,29 @@ def test_close_returns_the_open_streams(link):
     assert link.edge.close() == [a, b]
     assert link.edge.state is State.CLOSED and not link.edge.can_open_stream()
     assert link.edge.receive(F.encode(FrameType.PING, 0, 0, b"\0" * 8)) == []
+
+
+def test_config_versions_travel_to_the_connector_and_acks_come_back(link):
+    from tunnel.protocol.events import ConfigAcknowledged, ConfigReceived
+    link.edge.send_config(7, {"ingress": [{"service": "http://127.0.0.1:1"}]})
+    assert link.to_connector() == [ConfigReceived(7, {"ingress": [{"service": "http://127.0.0.1:1"}]})]
+    link.connector.send_config_ack(7, False, "bad rule")
+    assert link.to_edge() == [ConfigAcknowledged(7, False, "bad rule")]
+
+
+@pytest.mark.parametrize("payload", [b'{"version":"7","config":{}}', b'{"version":7,"config":[]}', b"[1]",
+                                     b'{"version":-1,"config":{}}'])
+def test_malformed_config_is_a_protocol_error(link, payload):
+    from tunnel.errors import ProtocolError
+    from tunnel.protocol import frames as F
+    with pytest.raises(ProtocolError):
+        link.connector.receive(F.encode(F.FrameType.CONFIG, 0, 0, payload))
+
+
+def test_config_frames_only_flow_one_way(link):
+    from tunnel.errors import ProtocolError
+    from tunnel.protocol import frames as F
+    with pytest.raises(ProtocolError):
+        link.edge.receive(F.encode(F.FrameType.CONFIG, 0, 0, b'{"version":1,"config":{}}'))
+    with pytest.raises(ProtocolError):
+        link.connector.receive(F.encode(F.FrameType.CONFIG_ACK, 0, 0, b'{"version":1,"ok":true,"error":""}'))

@@ -21,6 +21,8 @@ REQUEST_JSON = b'["GET","/x?y=1",[["host","web.localhost"]],false,null]'
 REQUEST_END_JSON = b'["POST","/",[],false,"api"]'
 RESPONSE_JSON = b'[200,"OK",[["content-length","5"]]]'
 RESPONSE_END_JSON = b'[204,"No Content",[]]'
+CONFIG_JSON = b'{"version":3,"config":{"ingress":[]}}'
+CONFIG_ACK_JSON = b'{"version":3,"ok":false,"error":"bad"}'
 
 #: name -> (wire bytes, decoded frame)
 GOLDEN: dict[str, tuple[bytes, Frame]] = {
@@ -54,6 +56,10 @@ GOLDEN: dict[str, tuple[bytes, Frame]] = {
                  Frame(FrameType.PING, Flags.ACK, 0, bytes(range(1, 9)))),
     "GOAWAY": (bytes.fromhex("08 00 00000000 0000000b 00000005 0000000b 627965"),
                Frame(FrameType.GOAWAY, 0, 0, b"\x00\x00\x00\x05\x00\x00\x00\x0bbye")),
+    "CONFIG": (bytes.fromhex("09 00 00000000 00000025") + CONFIG_JSON,
+               Frame(FrameType.CONFIG, 0, 0, CONFIG_JSON)),
+    "CONFIG_ACK": (bytes.fromhex("0a 00 00000000 00000026") + CONFIG_ACK_JSON,
+                   Frame(FrameType.CONFIG_ACK, 0, 0, CONFIG_ACK_JSON)),
 }
 
 
@@ -133,7 +139,7 @@ def test_error_code_of_unknown_value_is_the_integer():
     ("07 00 000000", "truncated frame header \\(5 bytes\\)"),
     ("07 00 00000000 00000008 01020304", "PING frame declares 8 bytes, 4 remain"),
     ("04 00 00000001 00000005 68656c6c6f 05", "truncated frame header \\(1 bytes\\)"),
-    ("09 00 00000000 00000000", "unknown frame type 0x09"),
+    ("0f 00 00000000 00000000", "unknown frame type 0x0f"),
     ("ff 00 00000000 00000000", "unknown frame type 0xff"),
     ("04 00 00000000 00000000", "DATA frame on stream 0"),
     ("03 00 00000000 00000002 5b5d", "HEADERS frame on stream 0"),
@@ -151,7 +157,7 @@ def test_malformed_message_is_a_protocol_error(wire, match):
 
 def test_malformed_frame_after_good_ones_still_fails_the_message():
     with pytest.raises(ProtocolError, match="unknown frame type"):
-        F.decode(GOLDEN["PING"][0] + bytes.fromhex("0a 00 00000000 00000000"))
+        F.decode(GOLDEN["PING"][0] + bytes.fromhex("0b 00 00000000 00000000"))
 
 
 @pytest.mark.parametrize("ftype", [t for t in FrameType if t != FrameType.DATA])
@@ -185,5 +191,5 @@ def test_data_of_exactly_the_negotiated_limit_is_accepted():
 
 def test_flag_values():
     assert int(Flags.END_STREAM) == 1 and int(Flags.ACK) == 1
-    assert [int(t) for t in FrameType] == list(range(9))
+    assert [int(t) for t in FrameType] == list(range(11))
     assert [int(c) for c in ErrorCode] == list(range(12))

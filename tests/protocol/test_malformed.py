@@ -120,7 +120,7 @@ CASES = [
     *[(s, "truncated header", "07 00 000000", PROTOCOL, r"truncated frame header \(5 bytes\)") for s in BOTH_OPEN],
     *[(s, "truncated payload", "07 00 00000000 00000008 01020304", PROTOCOL, "PING frame declares 8 bytes, 4 remain")
       for s in BOTH_OPEN],
-    *[(s, "unknown type", "09 00 00000000 00000000", PROTOCOL, "unknown frame type 0x09") for s in BOTH_OPEN],
+    *[(s, "unknown type", "0f 00 00000000 00000000", PROTOCOL, "unknown frame type 0x0f") for s in BOTH_OPEN],
     *[(s, "DATA on stream 0", "04 00 00000000 00000001 00", PROTOCOL, "DATA frame on stream 0") for s in BOTH_OPEN],
     *[(s, "WINDOW_UPDATE on stream 0", "05 00 00000000 00000004 00000001", PROTOCOL,
        "WINDOW_UPDATE frame on stream 0") for s in BOTH_OPEN],
@@ -262,7 +262,7 @@ def test_a_stream_over_the_limit_is_refused_alone(make_link):
 def test_violation_after_a_drain_goaway_still_queues_its_own_goaway(link):
     link.connector.goaway(ErrorCode.NO_ERROR, "draining")
     assert F.parse_goaway(link.queued(link.connector)[0]) == (0, 0, "draining")
-    reject(link.connector, bytes.fromhex("09 00 00000000 00000000"), PROTOCOL, "unknown frame type")
+    reject(link.connector, bytes.fromhex("0f 00 00000000 00000000"), PROTOCOL, "unknown frame type")
 
 
 def test_violation_discards_the_events_of_the_message(link):

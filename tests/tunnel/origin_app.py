@@ -172,9 +172,11 @@ def create_app(name: str = "origin") -> web.Application:
     app.router.add_get("/reset", reset)
     app.router.add_get("/forged", forged)
     app.router.add_get("/whoami", whoami)
+    app.router.add_get("/checkout/{tail:.*}", whoami)
     return app
 
 
 if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
     port = int(sys.argv[1])
-    web.run_app(create_app(), host="127.0.0.1", port=port, print=None, access_log=None)
+    name = sys.argv[2] if len(sys.argv) > 2 else "origin"
+    web.run_app(create_app(name), host="127.0.0.1", port=port, print=None, access_log=None)

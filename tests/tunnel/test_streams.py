@@ -107,7 +107,7 @@ async def test_unsupported_protocol_version_is_refused(edge):
 async def test_garbage_from_a_connector_closes_only_that_connection(edge, origin, client):
     await edge.tunnel("web", HOST, origin.url)
     async with ws_connect(edge.ws_url, compression=None) as ws:
-        await ws.send(b"\x09" + b"\x00" * 20)  # unknown frame type before HELLO
+        await ws.send(b"\x0f" + b"\x00" * 20)  # unknown frame type before HELLO
         with pytest.raises(websockets.exceptions.ConnectionClosed):
             for _ in range(3):
                 await asyncio.wait_for(ws.recv(), 5)

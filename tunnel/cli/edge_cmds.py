@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from tunnel.cli.admin_client import AdminError, add_admin_arguments, call
+from tunnel.config import ConfigError
 from tunnel.errors import HandshakeRefused
 from tunnel.runtime import DEFAULT_DATA_DIR, parse_hostport, run
 
@@ -29,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state directory (default %(default)s)")
     p.add_argument("--admin-token", default=os.environ.get("TUNNEL_ADMIN_TOKEN"),
                    help="admin token to accept (default: one is created in DATA_DIR/admin.token)")
+    p.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="edge config (YAML); stored as the next version at start-up if it differs from the active one")
     _add_edge_limits(p)
     p.add_argument("--tls-cert", help="PEM certificate (chain) for the connector listener and --public-tls")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -55,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pin", help="pin the edge's public key: sha256:<base64> (the edge logs its pin)")
     p.add_argument("--insecure", action="store_true",
                    help="allow sending the token over plain ws:// to a host that is not loopback")
+    p.add_argument("--allow-service", action="append", default=[], metavar="URL_PREFIX",
+                   help="only dial config services starting with this (repeatable), e.g. http://127.0.0.1:")
     p.set_defaults(func=cmd_connect)
 
     p = subparsers.add_parser("quick", help="expose a local URL through an embedded edge",
@@ -114,6 +119,7 @@ def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str)
         tls_sni_certs=[CertPair.parse(v) for v in getattr(args, "tls_sni_cert", [])],
         public_tls=parse_hostport(public_tls) if public_tls else None,
         plain_connectors=getattr(args, "plain_connectors", False),
+        config_file=getattr(args, "config_file", None),
         data_dir=data_dir, public=parse_hostport(public), connectors=parse_hostport(connectors),
         admin=parse_hostport(admin), admin_token=getattr(args, "admin_token", None),
         max_body_size=getattr(args, "max_body_size", 1 << 30),
@@ -130,10 +136,15 @@ def cmd_edge(args) -> int:
     async def main(stop: asyncio.Event) -> int:
         try:
             edge = Edge(_edge_options(args, args.data_dir, args.public, args.connectors, args.admin))
+            await edge.start()
         except TLSConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        await edge.start()
+        except ConfigError as exc:
+            print(f"error: {args.config_file} is not a valid config:", file=sys.stderr)
+            for line in exc.errors:
+                print(f"  {line}", file=sys.stderr)
+            return 2
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, edge.reload_tls)
         if edge.admin_token:
@@ -155,7 +166,8 @@ def cmd_connect(args) -> int:
         options = ConnectorOptions(edge=args.edge, token=args.token, url=args.url,
                                    connections=max(1, args.connections), origin_timeout=args.origin_timeout,
                                    grace_period=args.grace_period, backoff_initial=args.backoff_initial,
-                                   backoff_max=args.backoff_max, ca=args.ca, pin=args.pin, insecure=args.insecure)
+                                   backoff_max=args.backoff_max, ca=args.ca, pin=args.pin, insecure=args.insecure,
+                                   allow_services=tuple(args.allow_service))
         connector = Connector(options)
         metrics = parse_hostport(args.metrics) if args.metrics else None
     except ValueError as exc:

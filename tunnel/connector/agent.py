@@ -16,8 +16,9 @@ from websockets.asyncio.client import connect as ws_connect
 
 from tunnel.connector.exchange import OriginExchange
 from tunnel.connector.origin import Origin, OriginPool
+from tunnel.connector.routing import ConfigError, ConnectorConfig, build_config, origin_of
 from tunnel.errors import HandshakeRefused, TunnelError
-from tunnel.protocol import Connection, Role, Settings
+from tunnel.protocol import Connection, RequestHead, ResponseHead, Role, Settings
 from tunnel.protocol import events as ev
 from tunnel.protocol.frames import ErrorCode
 from tunnel.session import MAX_MESSAGE, Session
@@ -49,6 +50,7 @@ class ConnectorOptions:
     ca: str | None = None  # private CA bundle to verify the edge (default: the system store)
     pin: str | None = None  # sha256:<base64> of the edge's public key
     insecure: bool = False  # allow plain ws:// to a host that is not loopback
+    allow_services: tuple[str, ...] = ()  # if set, config services must start with one of these
 
 
 class ConnectorSession(Session):
@@ -91,6 +93,10 @@ class ConnectorSession(Session):
             self.connector.on_goaway(self)
         elif kind is ev.PingAcknowledged and event.payload == DRAIN_PING:
             self.drain_acknowledged.set()
+        elif kind is ev.ConfigReceived:
+            ok, error = self.connector.apply_config(event.version, event.config)
+            self.conn.send_config_ack(event.version, ok, error)
+            self.flush_soon()
 
     def start_drain(self) -> None:
         """Tell the edge to send no new streams here (GOAWAY), then PING: once the PING is
@@ -117,15 +123,20 @@ class ConnectorSession(Session):
     def _on_request(self, event: ev.RequestReceived) -> None:
         head = event.head
         connector = self.connector
-        origin = connector.origin
-        if head.service is not None:
-            origin = connector.allowed_service(head.service)
-            if origin is None:
-                self.reset(event.stream_id, ErrorCode.SERVICE_NOT_ALLOWED,
-                           f"service {head.service} is not allowed for this connector")
-                return
+        target = connector.route(head)
+        if target is None:
+            self.reset(event.stream_id, ErrorCode.SERVICE_NOT_ALLOWED,
+                       f"service {head.service} is not allowed for this connector")
+            return
+        if isinstance(target, int):  # http_status:NNN
+            self.conn.send_response(event.stream_id, ResponseHead(target, "", [("Content-Length", "0")]),
+                                    end_stream=True)
+            if not event.end_stream:
+                self.conn.reset_stream(event.stream_id, ErrorCode.NO_ERROR, "answered")
+            self.flush_soon()
+            return
         timeout = connector.options.origin_timeout or float(self.info.get("origin_timeout") or 100.0)
-        exchange = OriginExchange(self, event.stream_id, head, event.end_stream, origin, connector.pool, timeout)
+        exchange = OriginExchange(self, event.stream_id, head, event.end_stream, target, connector.pool, timeout)
         self.handlers[event.stream_id] = exchange
         exchange.start()
 
@@ -140,6 +151,8 @@ class Connector:
     def __init__(self, options: ConnectorOptions):
         self.options = options
         self.origin = Origin.parse(options.url)
+        self.config = ConnectorConfig()
+        self.config_error = ""
         edge = urlsplit(options.edge)
         if edge.scheme not in ("ws", "wss") or not edge.hostname:
             raise ValueError(f"--edge must be ws://HOST:PORT or wss://HOST:PORT, got {options.edge!r}")
@@ -160,13 +173,38 @@ class Connector:
         self._tasks: list[asyncio.Task] = []
         self._draining = False
 
-    def allowed_service(self, url: str) -> Origin | None:
-        """The origin for a service the edge asked for, if this connector may dial it."""
+    def route(self, head: RequestHead) -> Origin | int | None:
+        """Where a request goes: the service the edge's policy chose (if this connector may dial
+        it), else the first matching ingress rule, else ``--url``. None: not allowed."""
+        config = self.config
+        service = head.service
+        if service is None:
+            host = next((v for k, v in head.headers if k.lower() == "host"), "")
+            service = config.service_for(host, head.target.split("?", 1)[0])
+            if service is None:
+                return self.origin
+        elif service not in config.services and service.rstrip("/") != self.options.url.rstrip("/"):
+            return None
         try:
-            origin = Origin.parse(url)
+            return origin_of(service)
         except ValueError:
             return None
-        return origin if origin == self.origin else None
+
+    def apply_config(self, version: int, raw: dict) -> tuple[bool, str]:
+        """Apply the connector part of a config version; return (ok, error). A rejected version
+        leaves the last good one in force (like an xDS NACK)."""
+        if version <= self.config.version and self.config.version:
+            return True, ""  # already applied (every connection receives each version)
+        try:
+            self.config = build_config(version, raw, tuple(self.options.allow_services))
+        except ConfigError as exc:
+            self.config_error = "; ".join(exc.errors)
+            log.error("rejected config version %d (keeping version %d): %s", version, self.config.version,
+                      self.config_error)
+            return False, self.config_error
+        self.config_error = ""
+        log.info("applied config version %d (%d ingress rule(s))", version, len(self.config.ingress))
+        return True, ""
 
     @property
     def connected(self) -> int:

@@ -3,6 +3,8 @@
 Routes (all JSON; ``Authorization: Bearer <admin token>`` except /ready):
 
     GET    /ready                       200 {"status": "ready"} or 503 while starting/draining
+    GET    /metrics                     Prometheus text, every tunnel (admin token)
+    GET    /tunnels/{name}/metrics      that tunnel's series (admin token, or the tunnel's metrics_token)
     GET    /api/tunnels                 [{"name", "hostnames", "connections"}]
     POST   /api/tunnels                 {"name", "hostnames"} -> 201 {"name", "hostnames", "token"}
     DELETE /api/tunnels/{name}          -> {"name", "deleted": true, "version"}
@@ -17,6 +19,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tunnel.config.credentials import verify_secret
 
 from tunnel.errors import Conflict, NotFound
 
@@ -38,7 +43,13 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     edge = request.app[EDGE_KEY]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    name = edge.store.admin_name(token.strip()) if scheme.lower() == "bearer" and token else None
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    name = edge.store.admin_name(token) if token else None
+    tunnel = request.match_info.get("name") if request.match_info.route.name == "tunnel-metrics" else None
+    if name is None and tunnel is not None and token:
+        config = edge.config.tunnels.get(tunnel)
+        if config is not None and config.metrics_token and verify_secret(token, config.metrics_token):
+            name = f"metrics:{tunnel}"
     if name is None:
         return _error(401, "missing or wrong admin token (use --admin-token or TUNNEL_ADMIN_TOKEN)")
     request[AUTHOR_KEY] = name
@@ -50,6 +61,15 @@ async def _ready(request: web.Request) -> web.Response:
     if edge.ready:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "draining" if edge.draining else "starting"}, status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    tunnel = request.match_info.get("name")
+    if tunnel is not None and tunnel not in edge.config.tunnels:
+        return _error(404, f"tunnel {tunnel!r} does not exist")
+    body = await edge.metrics_exposition(tunnel)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
 async def _list_tunnels(request: web.Request) -> web.Response:
@@ -109,6 +129,8 @@ def create_admin_app(edge: "Edge") -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[EDGE_KEY] = edge
     app.router.add_get("/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/tunnels/{name}/metrics", _metrics, name="tunnel-metrics")
     app.router.add_get("/api/tunnels", _list_tunnels)
     app.router.add_post("/api/tunnels", _create_tunnel)
     app.router.add_delete("/api/tunnels/{name}", _delete_tunnel)

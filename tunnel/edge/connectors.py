@@ -33,6 +33,8 @@ class EdgeSession(Session):
         self.connection_id = uuid.uuid4().hex[:12]
         self.tunnel: str | None = None
         self.connector_id = ""
+        self.acked_version = 0
+        self.last_error = ""
         super().__init__(Connection(Role.EDGE, Settings()), ws.send_bytes, self._messages(),
                          name=f"connector-conn {self.connection_id}")
 
@@ -59,6 +61,20 @@ class EdgeSession(Session):
         elif kind is ev.GoAwayReceived:
             log.info("tunnel %s: connector connection %s is going away (%s)", self.tunnel,
                      self.connection_id, event.message or "drain")
+        elif kind is ev.ConfigAcknowledged:
+            if event.ok:
+                self.acked_version = max(self.acked_version, event.version)
+                self.last_error = ""
+            else:
+                self.last_error = f"version {event.version}: {event.error}"
+                log.warning("tunnel %s: connector %s rejected config version %d: %s", self.tunnel,
+                            self.connector_id or self.connection_id, event.version, event.error)
+
+    def send_config(self) -> None:
+        """Send the active config version's part for this connection's tunnel."""
+        if self.tunnel is not None and not self.closed:
+            self.conn.send_config(self.edge.version, self.edge.connector_config(self.tunnel))
+            self.flush_soon()
 
     def _on_hello(self, hello: ev.HelloReceived) -> None:
         tunnel = self.edge.store.tunnel_for_token(hello.token)
@@ -78,6 +94,7 @@ class EdgeSession(Session):
             "origin_timeout": self.edge.options.origin_timeout,
         })
         self.edge.registry.add(tunnel, self)
+        self.send_config()
         log.info("tunnel %s: connector %s connected from %s (connection %s)", tunnel,
                  self.connector_id or "?", self.peer, self.connection_id)
 

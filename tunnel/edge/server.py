@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tunnel.config import parse_config
+from tunnel.config import ConfigError, load_yaml, parse_config
+from tunnel.config.document import content_hash
+from tunnel.config.model import Config
+from tunnel.edge.metrics import EdgeMetrics, TunnelCollector, exposition
+from tunnel.edge.workers import WorkerPipeline
+from tunnel.loader import Loader
 from tunnel.edge.admin import create_admin_app
 from tunnel.edge.connectors import EdgeSession, create_connector_app
 from tunnel.edge.public import PublicProtocol, PublicSettings
@@ -41,6 +47,9 @@ class EdgeOptions:
     tls_sni_certs: list[CertPair] = field(default_factory=list)  # more, chosen by SNI
     public_tls: tuple[str, int] | None = None  # HTTPS public listener
     plain_connectors: bool = False  # keep the connector listener plain even with a certificate
+    config_file: str | None = None  # becomes the next config version at start-up if it differs
+    worker_cpu_ms: float = 50.0  # CPU per request of a tunnel's worker (503 beyond)
+    worker_memory_mb: float = 64.0  # heap per worker isolate (503 beyond)
 
 
 class Edge:
@@ -55,8 +64,15 @@ class Edge:
         self.store = Store(options.data_dir)
         self.registry = TunnelRegistry()
         self.sessions: set[EdgeSession] = set()
+        self.loader = Loader(cpu_limit_ms=options.worker_cpu_ms, memory_limit_mb=options.worker_memory_mb)
+        self.metrics = EdgeMetrics()
+        self.config: Config = parse_config({})
+        self.version = 0
+        self.pipeline: WorkerPipeline | None = None
+        self._worker_hashes: dict[str, str] = {}
         self.public_settings = PublicSettings(
-            routing=build_routing_table(parse_config({})), registry=self.registry, max_body_size=options.max_body_size,
+            routing=build_routing_table(self.config), registry=self.registry, metrics=self.metrics,
+            max_body_size=options.max_body_size,
             trusted_proxies=[ipaddress.ip_network(c, strict=False) for c in options.trusted_proxies])
         self.ready = False
         self.draining = False
@@ -77,7 +93,11 @@ class Edge:
     async def start(self) -> None:
         """Load state, bind the listeners, and begin serving."""
         self.admin_token = self.store.ensure_admin_token(self.options.admin_token)
-        self._apply(self.store.active_document())
+        if self.options.config_file:
+            self._adopt_config_file(self.options.config_file)
+        active = self.store.active()
+        if active is not None:
+            self._apply(active.document, active.version)
         loop = asyncio.get_running_loop()
         settings = self.public_settings
         host, port = self.options.public
@@ -108,6 +128,21 @@ class Edge:
                  scheme, self.options.connectors[0], self.connector_port, self.options.admin[0], self.admin_port)
         if self.certs is not None:
             log.info("connectors can pin this edge's key with --pin %s", self.certs.pin)
+
+    def _adopt_config_file(self, path: str) -> None:
+        """``--config FILE``: store FILE as the next version unless it equals the active one.
+        Raises ConfigError (with every problem) when FILE is invalid."""
+        try:
+            text = open(path, encoding="utf-8").read()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        document = load_yaml(text)
+        active = self.store.active()
+        if active is not None and active.hash == content_hash(document):
+            log.info("config file %s equals the active version %d", path, active.version)
+            return
+        version = self.store.commit_config(document, author=f"--config {os.path.basename(path)}")
+        log.info("config file %s stored as version %d", path, version.version)
 
     def reload_tls(self) -> bool:
         """Re-read certificate files (SIGHUP). New handshakes use them; open connections carry
@@ -167,6 +202,7 @@ class Edge:
             proto.abort()
         for runner in self._runners:
             await runner.cleanup()
+        await self.loader.aclose()
         for server in self._public_servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -175,16 +211,52 @@ class Edge:
         self.store.close()
 
     # ------------------------------------------------------------------ config and tunnels
-    def _apply(self, document: dict[str, Any]) -> None:
+    def _apply(self, document: dict[str, Any], version: int) -> None:
+        """Make ``document`` (config version ``version``) the one in force: routing, workers
+        whose code changed are replaced, deleted tunnels are disconnected and forgotten."""
         config = parse_config(document)
+        pipeline = WorkerPipeline(self.loader, self.registry, config, version) if any(
+            t.needs_worker or t.metrics for t in config.tunnels.values()) else None
+        hashes = {key: worker.hash for key, worker in (pipeline.generated() if pipeline else {}).items()}
+        for key, old_hash in self._worker_hashes.items():
+            if hashes.get(key) != old_hash:
+                self.loader.evict(key)  # requests running on the old code finish on it
+        self._worker_hashes = hashes
+        self.config, self.version, self.pipeline = config, version, pipeline
         self._hostnames = {name: list(t.hostnames) for name, t in config.tunnels.items()}
-        self.public_settings.routing = build_routing_table(config)
+        settings = self.public_settings
+        settings.routing = build_routing_table(config)
+        settings.pipeline = pipeline
+        self.metrics.active_version = version
+        self.metrics.forget(config.tunnels)
         for tunnel in list(self._connected_tunnels()):
             if tunnel not in self._hostnames:
                 self.disconnect_tunnel(tunnel, "tunnel deleted")
+        for session in list(self.registry.sessions()):
+            session.send_config()
+
+    def connector_config(self, tunnel: str) -> dict[str, Any]:
+        """The connector part of the active version for ``tunnel`` (PROTOCOL.md §7a)."""
+        config = self.config.tunnels.get(tunnel)
+        if config is None:
+            return {"hostnames": [], "ingress": [], "services": []}
+        return {"hostnames": list(config.hostnames),
+                "ingress": [{k: v for k, v in (("hostname", r.hostname), ("path", r.path), ("service", r.service))
+                             if v is not None} for r in config.ingress],
+                "services": list(config.ingress_services())}
 
     def _connected_tunnels(self) -> set[str]:
         return {s.tunnel for s in self.sessions if s.tunnel is not None}
+
+    async def metrics_exposition(self, tunnel: str | None = None) -> bytes:
+        """Prometheus text for the whole edge, or only for ``tunnel`` (custom series included)."""
+        collector = TunnelCollector(self.metrics, lambda: list(self.config.tunnels), self.registry.connections,
+                                    self.loader.stats, only=tunnel)
+        custom = ""
+        if self.pipeline is not None:
+            names = [tunnel] if tunnel is not None else list(self.config.tunnels)
+            custom = await self.pipeline.custom_exposition(names)
+        return exposition(collector, custom)
 
     def hostnames_of(self, tunnel: str) -> list[str]:
         return list(self._hostnames.get(tunnel, []))
@@ -196,13 +268,13 @@ class Edge:
     def create_tunnel(self, name: str, hostnames: list[str], author: str) -> str:
         """Add a tunnel (new config version) and return its connector token."""
         version, token = self.store.create_tunnel(name, hostnames, author)
-        self._apply(version.document)
+        self._apply(version.document, version.version)
         return token
 
     def delete_tunnel(self, name: str, author: str) -> int:
         """Remove a tunnel (new config version), closing its connections; return the version."""
         version = self.store.delete_tunnel(name, author)
-        self._apply(version.document)
+        self._apply(version.document, version.version)
         return version.version
 
     def rotate_token(self, name: str) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 from tunnel.errors import HeadersTooLarge, ProtocolError
 from tunnel.protocol import frames as F
 from tunnel.protocol.events import (
+    ConfigAcknowledged,
+    ConfigReceived,
     DataReceived,
     Event,
     GoAwayReceived,
@@ -304,6 +306,18 @@ class Connection:
         payload = F.GOAWAY_HEAD.pack(self._highest_remote_id, int(code)) + message.encode("utf-8")[:1024]
         self._out.add(F.encode(F.FrameType.GOAWAY, 0, 0, payload))
 
+    # ------------------------------------------------------------------ config (PROTOCOL.md §7a)
+    def send_config(self, version: int, config: dict[str, Any]) -> None:
+        """Edge: send the connector part of config ``version``."""
+        self._require_role(Role.EDGE)
+        self._out.add(F.encode(F.FrameType.CONFIG, 0, 0, encode_document({"version": version, "config": config})))
+
+    def send_config_ack(self, version: int, ok: bool, error: str = "") -> None:
+        """Connector: report that ``version`` was applied (``ok``) or rejected with ``error``."""
+        self._require_role(Role.CONNECTOR)
+        doc = {"version": version, "ok": ok, "error": error[:1024]}
+        self._out.add(F.encode(F.FrameType.CONFIG_ACK, 0, 0, encode_document(doc)))
+
     # ------------------------------------------------------------------ input
     def receive(self, message: bytes) -> list[Event]:
         """Feed one WebSocket message; return the events it carried.
@@ -360,6 +374,18 @@ class Connection:
             last, code, text = F.parse_goaway(frame)
             self.goaway_received = True
             events.append(GoAwayReceived(last, code, text))
+        elif ftype == F.FrameType.CONFIG and self.role is Role.CONNECTOR:
+            doc = decode_document(frame.payload, "CONFIG")
+            version, config = doc.get("version"), doc.get("config")
+            if type(version) is not int or version < 0 or not isinstance(config, dict):
+                raise ProtocolError("CONFIG must hold an integer version and a config object")
+            events.append(ConfigReceived(version, config))
+        elif ftype == F.FrameType.CONFIG_ACK and self.role is Role.EDGE:
+            doc = decode_document(frame.payload, "CONFIG_ACK")
+            version, ok, error = doc.get("version"), doc.get("ok"), doc.get("error", "")
+            if type(version) is not int or not isinstance(ok, bool) or not isinstance(error, str):
+                raise ProtocolError("CONFIG_ACK must hold an integer version, ok and error")
+            events.append(ConfigAcknowledged(version, ok, error))
         else:
             raise ProtocolError(f"unexpected {F.FrameType(ftype).name} frame on an open connection")
 

@@ -106,3 +106,20 @@ class GoAwayReceived(Event):
     last_stream_id: int
     code: int
     message: str
+
+
+@dataclass(slots=True)
+class ConfigReceived(Event):
+    """Connector side: the edge sent the connector part of a config version (PROTOCOL.md §7a)."""
+
+    version: int
+    config: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ConfigAcknowledged(Event):
+    """Edge side: the connector applied (``ok``) or rejected a config version."""
+
+    version: int
+    ok: bool
+    error: str

@@ -40,6 +40,8 @@ class FrameType(enum.IntEnum):
     RST_STREAM = 0x6
     PING = 0x7
     GOAWAY = 0x8
+    CONFIG = 0x9  # edge → connector: the connector part of a config version
+    CONFIG_ACK = 0xA  # connector → edge: applied (ACK) or rejected (NACK) a version
 
 
 class Flags(enum.IntFlag):
@@ -110,7 +112,7 @@ def decode(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> list[Fram
             raise ProtocolError(f"truncated frame header ({end - offset} bytes)")
         ftype, flags, stream_id, length = unpack(view, offset)
         offset += HEADER_SIZE
-        if ftype > FrameType.GOAWAY:
+        if ftype > FrameType.CONFIG_ACK:
             raise ProtocolError(f"unknown frame type 0x{ftype:02x}")
         limit = max_frame_size if ftype == FrameType.DATA else MAX_CONTROL_PAYLOAD  # §2
         if length > limit:

@@ -1,0 +1,457 @@
+"""One public request and its tunnel stream: the bridge between a client socket and a stream.
+
+Request body: sent as the stream's credit allows; beyond it the client socket stops being read
+(``pause_reading``) until WINDOW_UPDATE arrives. Response body: written to the client as it
+arrives; credit goes back to the connector only while the client socket is writable, so a client
+that reads nothing holds at most one window at the edge. Tunnels with a worker take a detour
+through ``tunnel.edge.workers`` for the heads; their bodies still flow here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING
+
+from tunnel import http1
+from tunnel.edge import pages
+from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadersTooLarge, HeadTooLarge, NoConnector,
+                           OriginTimeout, OriginUnreachable, UnknownHost)
+from tunnel.protocol import RequestHead, ResponseHead
+from tunnel.protocol.frames import ErrorCode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunnel.edge.connectors import EdgeSession
+    from tunnel.edge.public import PublicProtocol
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_UPLOAD_BUFFER = 256 * 1024  # request bytes held at the edge before the client is paused
+_DROP_REQUEST = frozenset({"expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto",
+                           "x-forwarded-host"})
+_DROP_RESPONSE = frozenset({"tunnel-error", "x-request-id"})
+#: Requests that may be sent again on another connection when theirs died before any answer.
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_RETRYABLE_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.REFUSED_STREAM})
+
+
+class Exchange:
+    """One public request and its tunnel stream (see the module docstring)."""
+
+    __slots__ = ("proto", "url", "headers", "head_size", "method", "version", "keep_alive",
+                 "upgrade", "session", "stream_id", "pending", "pending_size", "body_size",
+                 "request_done", "request_ended", "started", "response_started", "response_done",
+                 "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
+                 "awaiting_request_end", "retried", "tunnel", "stats", "started_at", "status",
+                 "edge_reason", "bytes_out", "recorded", "target", "content_length", "client_body",
+                 "pending_call", "worker_task", "body_waiter")
+
+    def __init__(self, proto: "PublicProtocol"):
+        self.proto = proto
+        self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.head_size = 0
+        self.method = ""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.session: EdgeSession | None = None
+        self.stream_id = 0
+        self.pending: deque[bytes] = deque()
+        self.pending_size = 0
+        self.body_size = 0
+        self.request_done = False  # the whole request body has arrived from the client
+        self.request_ended = False  # END_STREAM sent on the tunnel stream
+        self.started = False  # a tunnel stream carries the request
+        self.response_started = False
+        self.response_done = False
+        self.chunked = False
+        self.close_after = False
+        self.unacked = 0
+        self.request_id = ""
+        self.upgraded = False
+        self.has_body = True  # until the head says otherwise
+        self.awaiting_request_end = False
+        self.retried = False
+        self.tunnel: str | None = None
+        self.stats = None
+        self.started_at = 0.0
+        self.status = 0
+        self.edge_reason: str | None = None
+        self.bytes_out = 0
+        self.recorded = False
+        self.target = "/"
+        self.content_length: str | None = None
+        self.client_body = None  # worker mode: the body object the worker sees
+        self.pending_call = None  # worker mode: the last tunnel call made for this request
+        self.worker_task = None
+        self.body_waiter = None
+
+    # ------------------------------------------------------------------ request side
+    def start(self) -> None:
+        """Route the request and open its tunnel stream, hand it to the tunnel's worker, or
+        answer it with an error page."""
+        proto = self.proto
+        settings = proto.settings
+        headers = self.headers
+        host = content_length = transfer_encoding = expect = client_rid = forwarded_for = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname == "host":
+                host = value
+            elif lname == "content-length":
+                content_length = value
+            elif lname == "transfer-encoding":
+                transfer_encoding = value
+            elif lname == "expect":
+                expect = value
+            elif lname == "x-request-id":
+                client_rid = value
+            elif lname == "x-forwarded-for":
+                forwarded_for = value
+        if not self.request_id:
+            self.request_id = client_rid if client_rid and _REQUEST_ID.match(client_rid) else uuid.uuid4().hex
+            self.started_at = proto.loop_time()
+        self.content_length = content_length
+        self.has_body = self.upgrade or transfer_encoding is not None or (
+            content_length is not None and content_length.strip() not in ("", "0"))
+        stub = session = None
+        try:
+            if not host:
+                raise BadRequest("the request has no Host header")
+            found = settings.routing.lookup(host)
+            if found is None:
+                settings.metrics.unknown_host += 1
+                raise UnknownHost(f"no tunnel serves {host.split(':')[0]!r} on this edge")
+            if self.tunnel is None:
+                self.tunnel = found[0]
+                self.stats = settings.metrics.stats(self.tunnel)
+                self.stats.in_flight += 1
+            if content_length is not None and int(content_length) > settings.max_body_size:
+                raise BodyTooLarge(f"the body is larger than {settings.max_body_size} bytes")
+            if settings.pipeline is not None:
+                stub = settings.pipeline.tunnel_worker(self.tunnel)
+            if stub is None:
+                session = settings.registry.pick(self.tunnel)
+                if session is None:
+                    raise NoConnector(f"tunnel {self.tunnel!r} has no connector connected right now")
+        except EdgeHTTPError as error:
+            self.fail(error)
+            return
+        target = self.url.decode("latin-1")
+        if not target.startswith("/") and "://" in target:  # absolute-form
+            rest = target.split("://", 1)[1]
+            target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+        self.target = target
+        fwd = http1.strip_hop_by_hop(headers, keep_upgrade=self.upgrade, also=_DROP_REQUEST)
+        peer = proto.peer_ip
+        if forwarded_for and settings.trusts(peer):
+            fwd.append(("X-Forwarded-For", f"{forwarded_for}, {peer}"))
+        else:
+            fwd.append(("X-Forwarded-For", peer))
+        fwd.append(("X-Forwarded-Proto", proto.scheme))
+        fwd.append(("X-Forwarded-Host", host))
+        fwd.append(("X-Request-Id", self.request_id))
+        if expect and expect.lower() == "100-continue" and not self.request_done and self.version == "1.1":
+            proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if stub is not None:
+            from tunnel.edge.workers import run_worker
+            run_worker(self, stub, host, fwd)
+            return
+        try:
+            stream_id = session.conn.open_stream(RequestHead(self.method, target, fwd, self.upgrade),
+                                                 end_stream=not self.has_body)
+        except HeadersTooLarge as exc:
+            self.fail(HeadTooLarge(str(exc)))
+            return
+        session.handlers[stream_id] = self
+        self.attach_upload(session, stream_id)
+
+    def attach_upload(self, session: "EdgeSession", stream_id: int) -> None:
+        """Stream the request body into ``stream_id`` (also used when a worker forwards it)."""
+        self.session = session
+        self.stream_id = stream_id
+        self.started = True
+        if not self.has_body:
+            self.request_ended = True
+        session.flush_soon()
+        self._pump()
+
+    def receive_body(self, data: bytes) -> None:
+        """Request body bytes from the client (or raw bytes after an upgrade)."""
+        if self.response_done and not self.upgraded:
+            return
+        self.body_size += len(data)
+        if not self.upgrade and self.body_size > self.proto.settings.max_body_size:
+            self.fail(BodyTooLarge(f"the body is larger than {self.proto.settings.max_body_size} bytes"))
+            return
+        if self.started and not self.pending:
+            taken = self.session.conn.send_data(self.stream_id, data)
+            self.session.flush_soon()
+            if taken == len(data):
+                return
+            data = data[taken:]
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > _UPLOAD_BUFFER or self.started:
+            self.proto.pause_reading("upload")
+        self._wake_body_reader()
+
+    def request_complete(self) -> None:
+        """The client finished sending the request (for an upgrade: its head; raw bytes follow)."""
+        if self.upgrade:
+            return
+        self.request_done = True
+        self._wake_body_reader()
+        if self.awaiting_request_end:
+            self.awaiting_request_end = False
+            self.proto.exchange_done(self)
+            return
+        if self.started and not self.pending and not self.request_ended:
+            self.request_ended = True
+            self.session.conn.end_stream(self.stream_id)
+            self.session.flush_soon()
+
+    def client_eof(self) -> None:
+        """Upgraded connection: the client half-closed."""
+        self.request_done = True
+        self._wake_body_reader()
+        if self.started and not self.pending and not self.request_ended:
+            self.request_ended = True
+            self.session.conn.end_stream(self.stream_id)
+            self.session.flush_soon()
+
+    def _pump(self) -> None:
+        conn = self.session.conn
+        pending = self.pending
+        while pending:
+            chunk = pending[0]
+            taken = conn.send_data(self.stream_id, chunk)
+            self.pending_size -= taken
+            if taken < len(chunk):
+                pending[0] = chunk[taken:]
+                break
+            pending.popleft()
+        if not pending:
+            self.proto.resume_reading("upload")
+            if self.request_done and not self.request_ended and (not self.upgrade or self.upgraded):
+                self.request_ended = True
+                conn.end_stream(self.stream_id)
+        self.session.flush_soon()
+
+    async def iterate_request_body(self):
+        """Worker mode, when the worker reads the body: yield it chunk by chunk."""
+        import asyncio
+        while True:
+            while self.pending:
+                chunk = self.pending.popleft()
+                self.pending_size -= len(chunk)
+                if self.pending_size <= _UPLOAD_BUFFER // 2:
+                    self.proto.resume_reading("upload")
+                yield chunk
+            if self.request_done or self.response_done:
+                return
+            self.body_waiter = asyncio.get_running_loop().create_future()
+            await self.body_waiter
+
+    def _wake_body_reader(self) -> None:
+        waiter = self.body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def upload_reset(self) -> None:
+        """The stream carrying our upload was reset: stop sending to it."""
+        self.started = False
+        self.proto.resume_reading("upload")
+
+    # ------------------------------------------------------------------ response side
+    def on_window(self) -> None:
+        if self.pending and self.started:
+            self._pump()
+
+    def on_head(self, head: ResponseHead, end_stream: bool) -> None:
+        """The connector answered with a response head."""
+        if self.proto.closed or self.response_done:
+            return
+        self.write_head(head.status, head.reason,
+                        http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101, also=_DROP_RESPONSE),
+                        http1.get_header(head.headers, "content-length") is not None)
+        if end_stream:
+            self._response_end()
+
+    def write_head(self, status: int, reason: str, headers: list[tuple[str, str]], has_length: bool) -> None:
+        """Write the response head to the client; ``headers`` are already free of hop-by-hop
+        headers. Decides the framing of the body that follows."""
+        proto = self.proto
+        self.response_started = True
+        self.status = status
+        headers.append(("X-Request-Id", self.request_id))
+        if status == 101 and self.upgrade:
+            if http1.get_header(headers, "connection") is None:
+                headers.append(("Connection", "Upgrade"))
+            proto.write(http1.head_bytes(f"HTTP/1.1 101 {reason or 'Switching Protocols'}", headers))
+            self.upgraded = True
+            proto.upgraded = self
+            self.keep_alive = False
+            if self.pending:
+                self._pump()
+            elif self.request_done and not self.request_ended:
+                self.client_eof()
+            return
+        if self.upgrade:
+            self.close_after = True
+            self.upgrade = False
+        if http1.response_has_body(self.method, status) and not has_length:
+            if self.version == "1.1":
+                headers.append(("Transfer-Encoding", "chunked"))
+                self.chunked = True
+            else:
+                self.close_after = True
+        if not self.keep_alive or self.close_after or proto.settings.draining:
+            headers.append(("Connection", "close"))
+        elif self.version == "1.0":
+            headers.append(("Connection", "keep-alive"))
+        proto.write(http1.head_bytes(f"HTTP/1.1 {status} {reason or http1.REASONS.get(status, 'Status')}", headers))
+
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        """Response body bytes (or raw bytes after an upgrade)."""
+        proto = self.proto
+        if data:
+            self.bytes_out += len(data)
+            if proto.closed:
+                self.session.conn.consumed(self.stream_id, len(data))
+            else:
+                proto.transport.write(http1.chunk(data) if self.chunked else data)
+                if proto.write_paused:
+                    self.unacked += len(data)
+                else:
+                    self.session.conn.consumed(self.stream_id, len(data))
+                    self.session.flush_soon()
+        if end_stream:
+            self._response_end()
+
+    def grant_credit(self) -> None:
+        """The client socket drained: let the connector send what we held back."""
+        if self.unacked and self.session is not None:
+            self.session.conn.consumed(self.stream_id, self.unacked)
+            self.unacked = 0
+            self.session.flush_soon()
+
+    def on_reset(self, code: int, message: str) -> None:
+        """The stream was reset by the connector or its connection was lost."""
+        self.started = False
+        if self.response_done:
+            return
+        if (code in _RETRYABLE_CODES and not self.response_started and not self.has_body
+                and not self.retried and self.method in _RETRYABLE and not self.proto.closed
+                and self.worker_task is None):
+            # Its connector connection died before any answer: safe to send it on another one.
+            self.retried = True
+            log.info("request %s: %s; retrying on another connection", self.request_id, message)
+            self.start()
+            return
+        if self.response_started:
+            log.info("request %s: stream reset after the response began (%s: %s)", self.request_id,
+                     ErrorCode.of(code), message)
+            self.response_done = True
+            self.record()
+            if not self.proto.closed:
+                self.proto.transport.abort()
+            return
+        if code == ErrorCode.ORIGIN_TIMEOUT:
+            error: EdgeHTTPError = OriginTimeout(message or OriginTimeout.title)
+        else:
+            error = OriginUnreachable(message or OriginUnreachable.title)
+        self.fail(error)
+
+    def _response_end(self) -> None:
+        if self.response_done:
+            return
+        self.response_done = True
+        self.record()
+        proto = self.proto
+        if self.upgraded:
+            if not proto.closed:
+                proto.transport.close()
+                proto.closed = True
+            return
+        if self.chunked:
+            proto.write(http1.LAST_CHUNK)
+        if self.session is not None:
+            self.session.finished(self.stream_id)
+        if not self.request_done:
+            self.close_after = True
+            if self.started and not self.request_ended:
+                self.session.reset(self.stream_id, ErrorCode.NO_ERROR, "response complete")
+        proto.exchange_done(self)
+
+    def finish_body(self) -> None:
+        """A response written here (not from a stream) is complete."""
+        self._response_end()
+
+    def fail(self, error: EdgeHTTPError) -> None:
+        """Answer with an edge error page (only while no response has started)."""
+        proto = self.proto
+        if self.started and self.session is not None:
+            self.session.reset(self.stream_id, ErrorCode.CANCEL, error.reason)
+            self.started = False
+        self._cancel_worker()
+        if self.response_started or self.response_done:
+            self.response_done = True
+            self.record()
+            if not proto.closed:
+                proto.transport.abort()
+            return
+        if not self.request_id:
+            self.request_id = uuid.uuid4().hex
+        if not self.request_done and self.has_body:
+            self.close_after = True
+        accept = http1.get_header(self.headers, "accept")
+        status, reason, headers, body = pages.render(error, self.request_id, accept)
+        if self.close_after or not self.keep_alive:
+            headers.append(("Connection", "close"))
+        self.response_started = True
+        self.response_done = True
+        self.status = status
+        self.edge_reason = error.reason
+        self.record()
+        proto.write(http1.head_bytes(f"HTTP/1.1 {status} {reason}", headers)
+                    + (b"" if self.method == "HEAD" else body))
+        proto.exchange_done(self)
+
+    def client_gone(self) -> None:
+        """The client connection closed: abort the origin request if it is still running."""
+        if self.started and not self.response_done and self.session is not None:
+            self.session.reset(self.stream_id, ErrorCode.CANCEL, "client disconnected")
+        self._cancel_worker()
+        self.started = False
+        if not self.response_done:
+            self.response_done = True
+            if self.status == 0:
+                self.status, self.edge_reason = 499, "client-closed"
+            self.record()
+        self._wake_body_reader()
+
+    def _cancel_worker(self) -> None:
+        task = self.worker_task
+        if task is not None and not task.done():
+            task.cancel()
+        call = self.pending_call
+        if call is not None and not call.adopted:
+            call.cancel()
+
+    def record(self) -> None:
+        """Count the finished exchange once (standard metrics, and the tunnel's custom ones)."""
+        if self.recorded or self.stats is None:
+            return
+        self.recorded = True
+        stats = self.stats
+        stats.in_flight -= 1
+        duration = self.proto.loop_time() - self.started_at
+        stats.finished(self.status, self.edge_reason, duration, self.body_size, self.bytes_out)
+        pipeline = self.proto.settings.pipeline
+        if pipeline is not None:
+            pipeline.observe(self.tunnel, self.method, self.target, self.status, duration, self.headers)

@@ -1,0 +1,504 @@
+"""The edge's worker pipeline: each public request of a tunnel with a policy or custom code runs
+through its ``tunnel-<id>`` worker, whose ``env.TUNNEL.fetch`` comes back here (``TunnelBinding``)
+to open a tunnel stream; finished exchanges feed ``metrics-<id>``.
+
+Bodies do not enter JavaScript unless the worker reads them (docs/loader.md, "Streaming
+pass-through"). The request a worker forwards carries the public client's ``ClientBody``
+object; when the binding sees that very object it lets the public ``Exchange`` stream the upload
+straight into the tunnel stream, on the same callback path as a tunnel without workers. The
+response the binding returns carries a ``TunnelBody``; when the worker's final response still
+carries it, unread, the ``Exchange`` adopts the stream and writes the origin's bytes to the client
+as they arrive. Only bodies a worker reads are queued (bounded by the stream window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from generators import (generate_config_worker, generate_metrics_worker, generate_tunnel_worker,
+                        metrics_key, tunnel_key)
+from generators.exposition import exchange as exchange_record
+from generators.exposition import merge_expositions, observed_headers
+from tunnel import http1
+from tunnel.config.model import Config, TunnelConfig
+from tunnel.edge import pages
+from tunnel.errors import (EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable,
+                           WorkerFailed, WorkerLimited)
+from tunnel.loader import Loader, Request, Response, WorkerError
+from tunnel.protocol import RequestHead, ResponseHead
+from tunnel.protocol.frames import ErrorCode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunnel.edge.public import Exchange
+    from tunnel.edge.registry import TunnelRegistry
+
+log = logging.getLogger(__name__)
+
+_DROP = frozenset({"host", "content-length"})
+_ORIGIN_DROP = frozenset({"tunnel-error", "x-request-id"})  # an origin cannot forge these
+#: Statuses whose Response must have a null body (Fetch standard); 101 is the upgrade.
+NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
+
+
+def error_response(error: EdgeHTTPError, request_id: str, accept: str | None) -> Response:
+    """An edge error page as a loader Response (so on_response policy rules still apply)."""
+    status, _reason, headers, body = pages.render(error, request_id, accept)
+    return Response(status, [(k, v) for k, v in headers if k.lower() != "content-length"], body=body)
+
+
+class ClientBody:
+    """The public request body as the worker sees it: an async iterable of bytes.
+
+    While nobody iterates it, the bytes stay in the ``Exchange`` (which pauses reading the client
+    beyond a bound). If the worker reads it, chunks are handed over one by one.
+    """
+
+    def __init__(self, exchange: "Exchange"):
+        self.exchange = exchange
+        self.consumed = False
+
+    def __aiter__(self):
+        self.consumed = True
+        return self.exchange.iterate_request_body()
+
+
+class TunnelBody:
+    """A tunnel response body as the worker sees it (an async iterable of bytes)."""
+
+    def __init__(self, call: "TunnelCall"):
+        self.call = call
+        self.consumed = False
+
+    def __aiter__(self):
+        self.consumed = True
+        return self.call.iterate()
+
+
+class TunnelCall:
+    """One ``env.TUNNEL.fetch``: a tunnel stream opened on behalf of a worker."""
+
+    def __init__(self, session, stream_id: int, exchange: "Exchange | None"):
+        self.session = session
+        self.stream_id = stream_id
+        self.exchange = exchange  # the public exchange whose upload is attached, if any
+        self.head: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.chunks: deque[bytes] = deque()
+        self.ended = False
+        self.error: str | None = None
+        self.adopted = False
+        self._wake: asyncio.Event = asyncio.Event()
+        self._upload_wake = asyncio.Event()
+
+    # stream handler interface ------------------------------------------------------------
+    def on_head(self, head: ResponseHead, end_stream: bool) -> None:
+        if end_stream:
+            self.ended = True
+        if not self.head.done():
+            self.head.set_result(head)
+
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self.chunks.append(data)
+        if end_stream:
+            self.ended = True
+        self._wake.set()
+
+    def on_reset(self, code: int, message: str) -> None:
+        self.error = message or "stream reset"
+        if not self.head.done():
+            self.head.set_exception(_error_for(code, message))
+        if self.exchange is not None and self.exchange.stream_id == self.stream_id:
+            self.exchange.upload_reset()
+        self._wake.set()
+        self._upload_wake.set()
+
+    def on_window(self) -> None:
+        if self.exchange is not None and self.exchange.stream_id == self.stream_id:
+            self.exchange.on_window()
+        self._upload_wake.set()
+
+    # sending a body that is not the public client's ---------------------------------------
+    async def send_body(self, body: Any) -> None:
+        conn = self.session.conn
+        try:
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                await self._send(bytes(body))
+            else:
+                async for chunk in body:
+                    await self._send(bytes(chunk))
+            if self.error is None:
+                conn.end_stream(self.stream_id)
+                self.session.flush_soon()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a worker-made body failed: abort the stream
+            log.warning("stream %d: request body failed: %r", self.stream_id, exc)
+            self.session.reset(self.stream_id, ErrorCode.CANCEL, "request body failed")
+
+    async def _send(self, data: bytes) -> None:
+        conn = self.session.conn
+        while data and self.error is None:
+            taken = conn.send_data(self.stream_id, data)
+            self.session.flush_soon()
+            data = data[taken:]
+            if data:
+                self._upload_wake.clear()
+                await self._upload_wake.wait()
+
+    # reading the response ------------------------------------------------------------------
+    async def iterate(self):
+        conn = self.session.conn
+        while True:
+            while self.chunks:
+                chunk = self.chunks.popleft()
+                conn.consumed(self.stream_id, len(chunk))
+                self.session.flush_soon()
+                yield chunk
+            if self.ended:
+                return
+            if self.error is not None:
+                raise ConnectionError(f"the tunnel stream failed: {self.error}")
+            self._wake.clear()
+            await self._wake.wait()
+
+    def cancel(self) -> None:
+        if not self.ended and self.error is None and not self.adopted:
+            self.session.reset(self.stream_id, ErrorCode.CANCEL, "worker dropped the response")
+
+
+def _error_for(code: int, message: str) -> EdgeHTTPError:
+    if code == ErrorCode.ORIGIN_TIMEOUT:
+        return OriginTimeout(message or OriginTimeout.title)
+    return OriginUnreachable(message or OriginUnreachable.title)
+
+
+class TunnelBinding:
+    """``env.TUNNEL`` of one tunnel's worker: ``await env.TUNNEL.fetch(request, opts)``."""
+
+    def __init__(self, pipeline: "WorkerPipeline", tunnel: str):
+        self._pipeline = pipeline
+        self._tunnel = tunnel
+
+    async def fetch(self, request: Request, opts: dict | None = None) -> Response:
+        """Send ``request`` to one of the tunnel's connectors; return the origin's response.
+
+        ``opts.service`` names an ingress service chosen by the policy (A/B split). Failures
+        become edge error responses (530, 502, 504) carrying ``Tunnel-Error``.
+        """
+        pipeline = self._pipeline
+        cf = request.cf or {}
+        exchange = pipeline.exchanges.get(cf.get("edgeExchange"))
+        request_id = str(cf.get("requestId") or "")
+        accept = request.headers.get("accept")
+        session = pipeline.registry.pick(self._tunnel)
+        if session is None:
+            return error_response(NoConnector(f"tunnel {self._tunnel!r} has no connector connected right now"),
+                                  request_id, accept)
+        url = urlsplit(request.url)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
+        headers.insert(0, ("Host", request.headers.get("host") or url.netloc))
+        upgrade = exchange is not None and exchange.upgrade and request.headers.get("upgrade") is not None
+        headers = http1.strip_hop_by_hop(headers, keep_upgrade=upgrade)
+        body = request.body
+        attach = (exchange is not None and isinstance(body, ClientBody) and not body.consumed
+                  and body.exchange is exchange and exchange.stream_id == 0)
+        if attach:
+            has_body = exchange.has_body
+            if exchange.content_length is not None:
+                headers.append(("Content-Length", exchange.content_length))
+        elif isinstance(body, (bytes, bytearray, memoryview)) or body is None:
+            has_body = bool(body)
+            if has_body:
+                headers.append(("Content-Length", str(len(body))))
+        else:
+            has_body = True
+        service = (opts or {}).get("service") if isinstance(opts, dict) else None
+        if service is not None and service not in pipeline.services(self._tunnel):
+            return error_response(OriginUnreachable(f"service {service!r} is not one of this tunnel's services"),
+                                  request_id, accept)
+        try:
+            stream_id = session.conn.open_stream(
+                RequestHead(request.method, target, headers, upgrade, service if isinstance(service, str) else None),
+                end_stream=not has_body and not upgrade)
+        except HeadersTooLarge as exc:
+            return error_response(OriginUnreachable(str(exc)), request_id, accept)
+        call = TunnelCall(session, stream_id, exchange if attach else None)
+        session.handlers[stream_id] = call
+        session.flush_soon()
+        sender = None
+        if attach:
+            exchange.attach_upload(session, stream_id)
+        elif has_body:
+            sender = asyncio.ensure_future(call.send_body(body))
+        try:
+            head = await call.head
+        except EdgeHTTPError as error:
+            return error_response(error, request_id, accept)
+        except asyncio.CancelledError:
+            session.reset(stream_id, ErrorCode.CANCEL, "cancelled")
+            if sender is not None:
+                sender.cancel()
+            raise
+        response_headers = http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101,
+                                                  also=_ORIGIN_DROP)
+        if exchange is not None:
+            exchange.pending_call = call
+        body_out = None if head.status in NULL_BODY_STATUSES else TunnelBody(call)
+        return Response(head.status, response_headers, body=body_out)
+
+
+class WorkerPipeline:
+    """Workers of one config version: which tunnels run a worker, their stubs, metrics feeding.
+
+    Keys are exactly ``tunnel-<id>``, ``metrics-<id>`` and ``config-<version>`` (generators.keys).
+    """
+
+    def __init__(self, loader: Loader, registry: "TunnelRegistry", config: Config, version: int):
+        self.loader = loader
+        self.registry = registry
+        self.config = config
+        self.version = version
+        self.exchanges: dict[int, "Exchange"] = {}
+        self._ids = itertools.count(1)
+        self._stubs: dict[str, Any] = {}
+        self._metrics_stubs: dict[str, Any] = {}
+        self._observed: dict[str, frozenset[str]] = {}
+        self._pending: dict[str, list[dict]] = {}
+        self._flusher: asyncio.Task | None = None
+        self._generated: dict[str, Any] = {}
+        for name, tunnel in config.tunnels.items():
+            if tunnel.needs_worker:
+                self._stubs[name] = self._tunnel_stub(name, tunnel)
+            if tunnel.metrics:
+                self._metrics_stubs[name] = self._metrics_stub(name, tunnel)
+                self._observed[name] = observed_headers(tunnel)
+
+    # ------------------------------------------------------------------ stubs
+    def _tunnel_stub(self, name: str, tunnel: TunnelConfig):
+        generated = generate_tunnel_worker(tunnel)
+        self._generated[generated.key] = generated
+        binding = TunnelBinding(self, name)
+
+        async def factory():
+            return generated.to_worker_code(env={"TUNNEL": binding})
+
+        return self.loader.get(tunnel_key(name), factory)
+
+    def _metrics_stub(self, name: str, tunnel: TunnelConfig):
+        generated = generate_metrics_worker(tunnel)
+        self._generated[generated.key] = generated
+
+        async def factory():
+            return generated.to_worker_code()
+
+        return self.loader.get(metrics_key(name), factory)
+
+    def config_stub(self):
+        """The ``config-<version>`` worker (routing table and introspection)."""
+        generated = generate_config_worker(self.config, self.version)
+
+        async def factory():
+            return generated.to_worker_code()
+
+        return self.loader.get(generated.key, factory)
+
+    def services(self, tunnel: str) -> tuple[str, ...]:
+        """The services a worker may ask the connector to dial for ``tunnel``."""
+        config = self.config.tunnels.get(tunnel)
+        return config.ingress_services() if config is not None else ()
+
+    def generated(self) -> dict[str, Any]:
+        """Generated workers of this version by key (their ``hash`` tells what changed)."""
+        return dict(self._generated)
+
+    def tunnel_worker(self, tunnel: str):
+        """The stub of ``tunnel-<id>``, or None when the tunnel is a pure pass-through."""
+        return self._stubs.get(tunnel)
+
+    def register(self, exchange: "Exchange") -> int:
+        ident = next(self._ids)
+        self.exchanges[ident] = exchange
+        return ident
+
+    def unregister(self, ident: int) -> None:
+        self.exchanges.pop(ident, None)
+
+    # ------------------------------------------------------------------ custom metrics
+    def observe(self, tunnel: str, method: str, target: str, status: int, duration: float,
+                headers: list[tuple[str, str]]) -> None:
+        """Queue one finished exchange for ``metrics-<id>`` (no-op without custom metrics)."""
+        only = self._observed.get(tunnel)
+        if only is None:
+            return
+        pending = self._pending.setdefault(tunnel, [])
+        pending.append(exchange_record(method, target, status, duration, headers, only=only))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(0.2)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send every queued observation to its metrics worker now."""
+        pending, self._pending = self._pending, {}
+        for tunnel, records in pending.items():
+            stub = self._metrics_stubs.get(tunnel)
+            if stub is None or not records:
+                continue
+            try:
+                await stub.fetch(Request("POST", "http://metrics/observe", body=json.dumps(records).encode(),
+                                         headers={"content-type": "application/json"}))
+            except Exception as exc:  # a metrics worker failing never affects traffic
+                log.warning("tunnel %s: metrics worker failed: %s", tunnel, exc)
+
+    async def custom_exposition(self, tunnels: list[str]) -> str:
+        """The custom series of ``tunnels`` (merged), after flushing queued observations."""
+        await self.flush()
+        texts = []
+        for tunnel in tunnels:
+            stub = self._metrics_stubs.get(tunnel)
+            if stub is None:
+                continue
+            try:
+                response = await stub.fetch(Request("GET", "http://metrics/metrics"))
+                texts.append((await response.read()).decode())
+            except Exception as exc:
+                log.warning("tunnel %s: metrics worker failed: %s", tunnel, exc)
+        return merge_expositions(texts) if texts else ""
+
+
+# ---------------------------------------------------------------------- the public side
+_RESPONSE_DROP = frozenset({"x-request-id", "content-length"})
+
+
+def run_worker(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
+    """Hand a public request to its tunnel's worker (as a task); the answer goes to the client."""
+    exchange.client_body = ClientBody(exchange) if exchange.has_body else None
+    exchange.worker_task = asyncio.get_running_loop().create_task(_serve(exchange, stub, host, headers))
+
+
+async def _serve(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
+    proto = exchange.proto
+    pipeline = proto.settings.pipeline
+    ident = pipeline.register(exchange)
+    request = Request(exchange.method, f"{proto.scheme}://{host}{exchange.target}", headers=headers,
+                      body=exchange.client_body if exchange.client_body is not None else b"",
+                      cf={"clientIp": proto.peer_ip, "requestId": exchange.request_id, "edgeExchange": ident,
+                          "tunnel": exchange.tunnel, "scheme": proto.scheme})
+    try:
+        response = await stub.fetch(request)
+    except WorkerError as exc:
+        exchange.worker_task = None
+        kind = type(exc).__name__
+        exchange.stats.worker_errors[kind] = exchange.stats.worker_errors.get(kind, 0) + 1
+        log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, exc)
+        error_class = WorkerLimited if exc.status == 503 else WorkerFailed
+        exchange.fail(error_class(f"{kind}: {getattr(exc, 'js_message', '') or exc}"))
+        return
+    finally:
+        pipeline.unregister(ident)
+    exchange.worker_task = None
+    respond(exchange, response)
+
+
+def respond(exchange: "Exchange", response: Response) -> None:
+    """Write a worker's final response to the client, adopting the tunnel stream when the body is
+    still the origin's unread one."""
+    call = exchange.pending_call
+    if exchange.response_done or exchange.proto.closed:
+        if call is not None:
+            call.cancel()
+        return
+    status = response.status
+    body = response.body
+    upgrade = status == 101 and exchange.upgrade and call is not None
+    headers = http1.strip_hop_by_hop(list(response.headers.items()), keep_upgrade=upgrade, also=_RESPONSE_DROP)
+    exchange.edge_reason = response.headers.get("tunnel-error")
+    if call is not None and not call.adopted and _adoptable(call, status, body):
+        _adopt(exchange, call, status, headers, response.headers.get("content-length"))
+        return
+    if call is not None:
+        call.cancel()
+    if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+        data = bytes(body or b"")
+        if http1.response_has_body(exchange.method, status) or exchange.method == "HEAD":
+            headers.append(("Content-Length", str(len(data))))
+        exchange.write_head(status, "", headers, True)
+        if data and exchange.method != "HEAD" and http1.response_has_body(exchange.method, status):
+            exchange.bytes_out += len(data)
+            exchange.proto.write(data)
+        exchange.finish_body()
+        return
+    exchange.write_head(status, "", headers, False)
+    exchange.worker_task = asyncio.get_running_loop().create_task(_write_stream(exchange, body))
+
+
+def _adoptable(call: TunnelCall, status: int, body: Any) -> bool:
+    """Whether the final response still carries the origin's unread body (or is the origin's
+    bodiless answer), so the stream can be written straight to the client."""
+    if isinstance(body, TunnelBody):
+        return body.call is call and not body.consumed
+    if body is None and call.head.done() and not call.head.exception():
+        origin_status = call.head.result().status
+        return origin_status in NULL_BODY_STATUSES and origin_status == status
+    return False
+
+
+def _adopt(exchange: "Exchange", call: TunnelCall, status: int, headers: list[tuple[str, str]],
+           content_length: str | None) -> None:
+    call.adopted = True
+    session = call.session
+    exchange.session = session
+    exchange.stream_id = call.stream_id
+    if not exchange.started:
+        exchange.started = True
+        exchange.request_ended = True  # the worker's own body, if any, was sent by the call
+    session.handlers[call.stream_id] = exchange
+    has_length = False
+    if content_length is not None and call.head.done() and not call.head.exception():
+        original = http1.get_header(call.head.result().headers, "content-length")
+        if original == content_length:
+            headers.append(("Content-Length", content_length))
+            has_length = True
+    exchange.write_head(status, "", headers, has_length)
+    chunks, call.chunks = call.chunks, deque()
+    for chunk in chunks:
+        exchange.on_data(chunk, False)
+    if call.ended:
+        exchange.on_data(b"", True)
+    elif call.error is not None:
+        exchange.on_reset(ErrorCode.INTERNAL_ERROR, call.error)
+
+
+async def _write_stream(exchange: "Exchange", body: Any) -> None:
+    proto = exchange.proto
+    try:
+        async for chunk in body:
+            if proto.closed:
+                return
+            chunk = bytes(chunk)
+            if not chunk:
+                continue
+            exchange.bytes_out += len(chunk)
+            proto.write(http1.chunk(chunk) if exchange.chunked else chunk)
+            if proto.write_paused:
+                await proto.wait_writable()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("tunnel %s request %s: response body failed: %r", exchange.tunnel, exchange.request_id, exc)
+        exchange.response_done = True
+        exchange.record()
+        if not proto.closed:
+            proto.transport.abort()
+        return
+    exchange.worker_task = None
+    exchange.finish_body()
