@@ -250,3 +250,13 @@ async def test_dropped_binding_body_is_closed_and_passed_on_body_is_not(loader):
     await asyncio.sleep(0.05)
     assert closed == ["drop"]            # the passed-on body belongs to the caller now
     assert isinstance(r.body, OriginBody) and r.body.tag == "keep"
+
+
+def test_headers_from_javascript_are_validated_again_in_python():
+    from tunnel.loader.shard import _checked_headers, _checked_text
+    assert _checked_headers([["x-a", "1"], ["Set-Cookie", "a=b; Path=/"]]) == [("x-a", "1"), ("Set-Cookie", "a=b; Path=/")]
+    for bad in ([["x", "a\r\nInjected: 1"]], [["bad name", "v"]], [["x", 1]], [["x:", "v"]]):
+        with pytest.raises(TypeError):
+            _checked_headers(bad)
+    with pytest.raises(TypeError):
+        _checked_text("http://a/\r\nX: y", "url")

@@ -196,3 +196,13 @@ async def test_crypto_subtle_digest(loader):
     _, body = await run(loader, "digest", src)
     assert json.loads(body) == {"sha256": hashlib.sha256(b"hello").hexdigest(), "sha1": hashlib.sha1(b"hello").hexdigest(),
                                 "bad": "NotSupportedError", "eq": [True, False]}
+
+
+async def test_header_internals_are_not_reachable_from_worker_code(loader):
+    src = """export default { fetch() {
+      const probes = [typeof Headers.__fromPairs, typeof Headers.__pairs, typeof ReadableStream.__state,
+                      typeof globalThis.__qjs_host, typeof globalThis.__qjs_flush];
+      let injected = null; try { new Headers({"x": "a\\r\\nInjected: 1"}) } catch (e) { injected = e.name }
+      return Response.json({probes, injected}) } }"""
+    _, body = await run(loader, "internals", src)
+    assert json.loads(body) == {"probes": ["undefined"] * 5, "injected": "TypeError"}

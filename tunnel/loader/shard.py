@@ -24,6 +24,7 @@ import json
 import itertools
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -366,10 +367,15 @@ class Shard:
         return base64.b64decode(b["b64"])
 
     def _response(self, inst: Instance, r: dict) -> Response:
-        return Response(r["status"], r["headers"], self._body_from_wire(inst, r["body"]), r.get("statusText", ""))
+        status = r["status"]
+        if not isinstance(status, int) or not 0 <= status <= 999:
+            raise TypeError(f"invalid status {status!r}")
+        return Response(status, _checked_headers(r["headers"]), self._body_from_wire(inst, r["body"]),
+                        _checked_text(r.get("statusText", ""), "statusText"))
 
     def _request(self, inst: Instance, r: dict) -> Request:
-        return Request(r["method"], r["url"], r["headers"], self._body_from_wire(inst, r["body"]), r.get("cf"))
+        return Request(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"), _checked_headers(r["headers"]),
+                       self._body_from_wire(inst, r["body"]), r.get("cf"))
 
     # ------------------------------------------------------------------ ops
     async def _op(self, inst: Instance, ev: dict) -> None:
@@ -532,6 +538,26 @@ class Shard:
             task.cancel()
         if self.transport is not None:
             self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CONTROL = re.compile(r"[\x00\r\n]")
+
+
+def _checked_headers(pairs: Any) -> list[tuple[str, str]]:
+    """Validate header pairs coming from JavaScript (defence in depth against header injection)."""
+    out = []
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str) or not _TOKEN.match(name) or _CONTROL.search(value):
+            raise TypeError(f"invalid header {name!r}")
+        out.append((name, value))
+    return out
+
+
+def _checked_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or _CONTROL.search(value):
+        raise TypeError(f"invalid {what} {value!r}")
+    return value
 
 
 _background: set[asyncio.Task] = set()

@@ -71,6 +71,7 @@
     if (/[\0\r\n]/.test(v)) throw new TypeError('Invalid header value.');
     return v;
   }
+  let headerPairs, headersFromPairs;
   class Headers {
     #list = [];
     constructor(init) {
@@ -116,13 +117,16 @@
     forEach(cb, thisArg) { for (const [k, v] of this.entries()) cb.call(thisArg, v, k, this); }
     [Symbol.iterator]() { return this.entries(); }
     get [Symbol.toStringTag]() { return 'Headers'; }
-    static __pairs(h) { return h.#list; }
-    static __fromPairs(pairs) { const h = new Headers(); h.#list = pairs.map((p) => [String(p[0]).toLowerCase(), String(p[1])]); return h; }
+    static {  // private accessors for the wire code below; not reachable from worker code
+      headerPairs = (h) => h.#list;
+      headersFromPairs = (pairs) => { const h = new Headers(); h.#list = pairs.map((p) => [String(p[0]).toLowerCase(), String(p[1])]); return h; };
+    }
   }
 
   // ---------------------------------------------------------------- bodies
   // A body state is shared by the objects that pass it along (new Response(res.body, res)).
   // kinds: none | str (v: string) | bytes (v: Uint8Array) | host (h: handle of a Python body)
+  let streamState;
   class ReadableStream {
     #state;
     constructor(source) {
@@ -144,12 +148,12 @@
       };
     }
     async *[Symbol.asyncIterator]() { const r = this.getReader(); for (;;) { const x = await r.read(); if (x.done) return; yield x.value; } }
-    static __state(s) { return s.#state; }
+    static { streamState = (s) => s.#state; }
   }
   const __internal = {};
   function bodyFrom(init) {
     if (init == null) return {k: 'none', used: false};
-    if (init instanceof ReadableStream) return ReadableStream.__state(init);
+    if (init instanceof ReadableStream) return streamState(init);
     if (typeof init === 'string') return {k: 'str', v: init, used: false, type: 'text/plain;charset=UTF-8'};
     const u = toBytes(init);
     if (u) return {k: 'bytes', v: u.slice(), used: false};
@@ -281,8 +285,8 @@
   mixBody(Response);
 
   // ---------------------------------------------------------------- wire (de)serialisation
-  function serReq(r) { return {method: r.method, url: r.url, headers: Headers.__pairs(r.headers), cf: r.cf, body: serBody(r.__b)}; }
-  function serRes(r) { return {status: r.status, statusText: r.statusText, headers: Headers.__pairs(r.headers), body: serBody(r.__b)}; }
+  function serReq(r) { return {method: r.method, url: r.url, headers: headerPairs(r.headers), cf: r.cf, body: serBody(r.__b)}; }
+  function serRes(r) { return {status: r.status, statusText: r.statusText, headers: headerPairs(r.headers), body: serBody(r.__b)}; }
   function bodyFromWire(b) {
     if (!b) return {k: 'none', used: false};
     if (b.h !== undefined) return {k: 'host', h: b.h, used: false};
@@ -291,13 +295,13 @@
   }
   function reqFromWire(m) {
     const r = Object.create(Request.prototype);
-    r.__m = m.method; r.__u = m.url; r.__h = Headers.__fromPairs(m.headers); r.__b = bodyFromWire(m.body);
+    r.__m = m.method; r.__u = m.url; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
     r.cf = m.cf === null ? undefined : m.cf; r.redirect = 'manual'; r.signal = null;
     return r;
   }
   function resFromWire(m) {
     const r = Object.create(Response.prototype);
-    r.__s = m.status; r.__st = m.statusText || ''; r.__h = Headers.__fromPairs(m.headers); r.__b = bodyFromWire(m.body);
+    r.__s = m.status; r.__st = m.statusText || ''; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
     r.webSocket = null;
     return r;
   }
