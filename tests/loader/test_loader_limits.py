@@ -107,6 +107,7 @@ async def test_memory_limit():
         assert info.value.status == 503
         r = await stub.fetch(Request("GET", "http://a/ok"))
         assert await r.read() == b"fine"
+        assert ld.stats()["reloads"] == 1 and factory.calls == 1     # the isolate was discarded and rebuilt
 
 
 async def test_memory_limit_at_load_time():

@@ -292,6 +292,11 @@ class Shard:
                     kind = "memory" if ev.get("kind") == "memory" else "script"
                     req.future.set_exception(error_from_wire(kind, str(ev["name"]), str(ev["message"]),
                                                              inst.key, str(ev.get("stack", ""))))
+                    if kind == "memory":  # the isolate may be left inconsistent: discard it
+                        self._discard(inst, rid, "memory", str(ev["name"]), str(ev["message"]), "")
+                        if self.transport is not None:
+                            self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+                        return
             if ev.get("end"):
                 self._end(inst, rid)
         elif t == "end":
@@ -320,6 +325,7 @@ class Shard:
                 req.future.set_exception(err)
         inst.inflight.clear()
         inst.handles.clear()
+        inst.closable.clear()
         for task in inst.tasks:
             task.cancel()
         if was_alive or kind != "load":
