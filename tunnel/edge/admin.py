@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunnel.edge.server import Edge
 
 EDGE_KEY: web.AppKey["Edge"] = web.AppKey("admin-edge")
-AUTHOR_KEY = "tunnel.author"
+AUTHOR_KEY: web.RequestKey[str] = web.RequestKey("author", str)
 
 
 def _error(status: int, message: str) -> web.Response:

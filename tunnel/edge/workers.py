@@ -30,7 +30,7 @@ from tunnel.config.model import Config, TunnelConfig
 from tunnel.edge import pages
 from tunnel.errors import (EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable,
                            WorkerFailed, WorkerLimited)
-from tunnel.loader import Loader, Request, Response, WorkerError
+from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, Response, WorkerError
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
 
@@ -273,6 +273,8 @@ class WorkerPipeline:
         self._pending: dict[str, list[dict]] = {}
         self._flusher: asyncio.Task | None = None
         self._generated: dict[str, Any] = {}
+        self._limit_hits: dict[str, deque[float]] = {}
+        self._quarantined: dict[str, float] = {}
         for name, tunnel in config.tunnels.items():
             if tunnel.needs_worker:
                 self._stubs[name] = self._tunnel_stub(name, tunnel)
@@ -321,6 +323,34 @@ class WorkerPipeline:
     def tunnel_worker(self, tunnel: str):
         """The stub of ``tunnel-<id>``, or None when the tunnel is a pure pass-through."""
         return self._stubs.get(tunnel)
+
+    # ------------------------------------------------------------------ runaway protection
+    QUARANTINE_HITS = 3  # limit errors ...
+    QUARANTINE_WINDOW = 10.0  # ... within this many seconds ...
+    QUARANTINE_SECONDS = 5.0  # ... answer 503 at once for this long, without running the worker
+
+    def quarantined(self, tunnel: str) -> float:
+        """Seconds left in ``tunnel``'s quarantine (0 when its worker may run)."""
+        until = self._quarantined.get(tunnel)
+        if until is None:
+            return 0.0
+        left = until - asyncio.get_running_loop().time()
+        if left <= 0:
+            del self._quarantined[tunnel]
+            return 0.0
+        return left
+
+    def limit_hit(self, tunnel: str) -> None:
+        """A request of ``tunnel`` hit a CPU or memory limit. After a few in a short time the
+        tunnel is quarantined, so a runaway stops taking shard CPU from other tunnels."""
+        now = asyncio.get_running_loop().time()
+        hits = self._limit_hits.setdefault(tunnel, deque(maxlen=self.QUARANTINE_HITS))
+        hits.append(now)
+        if len(hits) == self.QUARANTINE_HITS and now - hits[0] <= self.QUARANTINE_WINDOW:
+            self._quarantined[tunnel] = now + self.QUARANTINE_SECONDS
+            hits.clear()
+            log.warning("tunnel %s: worker hit its limits %d times in %.0f s; answering 503 for %.0f s",
+                        tunnel, self.QUARANTINE_HITS, self.QUARANTINE_WINDOW, self.QUARANTINE_SECONDS)
 
     def register(self, exchange: "Exchange") -> int:
         ident = next(self._ids)
@@ -388,6 +418,12 @@ def run_worker(exchange: "Exchange", stub, host: str, headers: list[tuple[str, s
 async def _serve(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
     proto = exchange.proto
     pipeline = proto.settings.pipeline
+    left = pipeline.quarantined(exchange.tunnel)
+    if left:
+        exchange.worker_task = None
+        exchange.stats.worker_errors["Quarantined"] = exchange.stats.worker_errors.get("Quarantined", 0) + 1
+        exchange.fail(WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {left:.0f} s"))
+        return
     ident = pipeline.register(exchange)
     request = Request(exchange.method, f"{proto.scheme}://{host}{exchange.target}", headers=headers,
                       body=exchange.client_body if exchange.client_body is not None else b"",
@@ -400,6 +436,8 @@ async def _serve(exchange: "Exchange", stub, host: str, headers: list[tuple[str,
         kind = type(exc).__name__
         exchange.stats.worker_errors[kind] = exchange.stats.worker_errors.get(kind, 0) + 1
         log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, exc)
+        if isinstance(exc, (CpuLimitExceeded, MemoryLimitExceeded)):
+            pipeline.limit_hit(exchange.tunnel)
         error_class = WorkerLimited if exc.status == 503 else WorkerFailed
         exchange.fail(error_class(f"{kind}: {getattr(exc, 'js_message', '') or exc}"))
         return
@@ -421,7 +459,9 @@ def respond(exchange: "Exchange", response: Response) -> None:
     body = response.body
     upgrade = status == 101 and exchange.upgrade and call is not None
     headers = http1.strip_hop_by_hop(list(response.headers.items()), keep_upgrade=upgrade, also=_RESPONSE_DROP)
-    exchange.edge_reason = response.headers.get("tunnel-error")
+    # Count apart what the origin answered and what the edge made: a Tunnel-Error names the
+    # reason; an answer the worker made without forwarding is counted as "worker".
+    exchange.edge_reason = response.headers.get("tunnel-error") or (None if call is not None else "worker")
     if call is not None and not call.adopted and _adoptable(call, status, body):
         _adopt(exchange, call, status, headers, response.headers.get("content-length"))
         return
