@@ -491,11 +491,14 @@
   });
 
   // ---------------------------------------------------------------- host interface
+  const RUNTIME_FRAME = /^\s+at (dispatch|host|respond|failed|finish|callBinding|fromResult) \(/;
   function fail(rid, e, end) {
     const err = e instanceof Error || (e && typeof e === 'object' && 'message' in e) ? e : new Error(String(e));
     let kind = 'script';
     if (err.name === 'InternalError' && /out of memory/.test(err.message)) kind = 'memory';
-    emit({t: 'res', rid, ok: false, kind, name: String(err.name || 'Error'), message: String(err.message), stack: String(err.stack || ''), end: !!end});
+    // drop the runtime's own frames (dispatch/host/…) from the worker's stack trace
+    const stack = String(err.stack || '').split('\n').filter((l) => !RUNTIME_FRAME.test(l)).join('\n');
+    emit({t: 'res', rid, ok: false, kind, name: String(err.name || 'Error'), message: String(err.message), stack, end: !!end});
   }
   function finish(rid, waits) {
     if (!waits.length) { ended.push(rid); emit({t: 'end', rid}); return; }
