@@ -183,6 +183,7 @@ def bytecode_enabled() -> bool:
     return _FAST is not None
 _ENTROPY_BYTES = 16384
 _NO_LIMIT = -1.0
+_MAX_TRACKED = 4096
 
 
 class IsolateFailure(Exception):
@@ -348,7 +349,10 @@ class Isolate:
         except quickjs.JSException as exc:
             raise _classify(exc) from None
         finally:
-            self.cpu_used[rid] = self.cpu_used.get(rid, 0.0) + clock() - start
+            used = self.cpu_used
+            used[rid] = used.get(rid, 0.0) + clock() - start
+            if len(used) > _MAX_TRACKED:  # turns after a request ended (timers) are not cleaned up otherwise
+                del used[next(iter(used))]
         self.turns += 1
         if not raw:
             return ""
