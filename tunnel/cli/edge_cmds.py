@@ -200,17 +200,29 @@ def cmd_connect(args) -> int:
     return run(main)
 
 
-async def _embedded(args, url: str, hostname: str, public: str, announce) -> int:
-    """Edge and connector in one process, joined by a loopback WebSocket connection."""
+async def _embedded(args, url: str, hostname: str, public: str, announce, demo: bool = False) -> int:
+    """Edge and connector in one process, joined by a loopback WebSocket connection. With
+    ``demo``, the edge serves the demo config (tunnel ``demo``, see tunnel/demo.py)."""
     from tunnel.connector.agent import Connector, ConnectorOptions
+    from tunnel.demo import DemoBinding, demo_config
     from tunnel.edge.server import Edge
     data_dir = tempfile.mkdtemp(prefix="tunnel-quick-")
-    edge = Edge(_edge_options(args, data_dir, public, "127.0.0.1:0", "127.0.0.1:0"))
+    options = _edge_options(args, data_dir, public, "127.0.0.1:0", "127.0.0.1:0")
+    if demo:
+        options.config_file = os.path.join(data_dir, "demo.yaml")
+        with open(options.config_file, "w", encoding="utf-8") as handle:
+            json.dump(demo_config(hostname), handle)  # JSON is YAML
+    edge = Edge(options)
+    if demo:
+        edge.extra_env["demo"] = {"EDGE": DemoBinding(edge)}
     connector = None
     task = None
     try:
         await edge.start()
-        token = edge.create_tunnel("quick", [hostname], author="quick")
+        if demo:
+            token = edge.rotate_token("demo")
+        else:
+            token = edge.create_tunnel("quick", [hostname], author="quick")
         connector = Connector(ConnectorOptions(edge=f"ws://127.0.0.1:{edge.connector_port}", token=token,
                                                url=url, connections=1))
         task = asyncio.create_task(connector.run())
@@ -270,10 +282,13 @@ def cmd_demo(args) -> int:
             url = _public_url(edge, args.hostname, args.public)
             host = args.public.rpartition(":")[0] or "127.0.0.1"
             print(f"tunnel demo is running\n"
-                  f"  edge:   public http://{host}:{edge.public_port}  (routes by Host)\n"
+                  f"  edge:   public http://{host}:{edge.public_port}  (routes by Host; admin http://127.0.0.1:"
+                  f"{edge.admin_port})\n"
                   f"  origin: {origin}  (the built-in demo origin)\n"
-                  f"  public URL: {url}/\n"
-                  f"Try:\n  curl {url}/headers\n"
+                  f"  public URL: {url}/   (open it in a browser: pages made by the tunnel's worker)\n"
+                  f"Try:\n  curl {url}/dynamic      # a new dynamic worker on every call\n"
+                  f"  curl {url}/metrics      # this tunnel's metrics, from its metrics worker\n"
+                  f"  curl {url}/config       # the active config worker's answer\n"
                   f"  curl -H 'Host: {args.hostname}' http://{host}:{edge.public_port}/headers\n"
                   f"  curl -N {url}/sse\n"
                   f"Press Ctrl-C to stop.", flush=True)
@@ -287,7 +302,7 @@ def cmd_demo(args) -> int:
             return 0
 
         try:
-            return await _embedded(args, origin, args.hostname, args.public, announce)
+            return await _embedded(args, origin, args.hostname, args.public, announce, demo=True)
         finally:
             await runner.cleanup()
 

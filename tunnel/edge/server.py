@@ -70,6 +70,7 @@ class Edge:
         self.version = 0
         self.pipeline: WorkerPipeline | None = None
         self._worker_hashes: dict[str, str] = {}
+        self.extra_env: dict[str, dict[str, Any]] = {}  # more bindings for a tunnel's worker (the demo)
         self.public_settings = PublicSettings(
             routing=build_routing_table(self.config), registry=self.registry, metrics=self.metrics,
             max_body_size=options.max_body_size,
@@ -215,7 +216,7 @@ class Edge:
         """Make ``document`` (config version ``version``) the one in force: routing, workers
         whose code changed are replaced, deleted tunnels are disconnected and forgotten."""
         config = parse_config(document)
-        pipeline = WorkerPipeline(self.loader, self.registry, config, version) if any(
+        pipeline = WorkerPipeline(self.loader, self.registry, config, version, self.extra_env) if any(
             t.needs_worker or t.metrics for t in config.tunnels.values()) else None
         hashes = {key: worker.hash for key, worker in (pipeline.generated() if pipeline else {}).items()}
         for key, old_hash in self._worker_hashes.items():

@@ -260,8 +260,10 @@ class WorkerPipeline:
     Keys are exactly ``tunnel-<id>``, ``metrics-<id>`` and ``config-<version>`` (generators.keys).
     """
 
-    def __init__(self, loader: Loader, registry: "TunnelRegistry", config: Config, version: int):
+    def __init__(self, loader: Loader, registry: "TunnelRegistry", config: Config, version: int,
+                 extra_env: dict[str, dict[str, Any]] | None = None):
         self.loader = loader
+        self.extra_env = extra_env or {}
         self.registry = registry
         self.config = config
         self.version = version
@@ -289,7 +291,7 @@ class WorkerPipeline:
         binding = TunnelBinding(self, name)
 
         async def factory():
-            return generated.to_worker_code(env={"TUNNEL": binding})
+            return generated.to_worker_code(env={**self.extra_env.get(name, {}), "TUNNEL": binding})
 
         return self.loader.get(tunnel_key(name), factory)
 
