@@ -72,6 +72,11 @@
     return v;
   }
   let headerPairs, headersFromPairs;
+  function defaultType(h, type) {  // set content-type unless present (both known valid: no re-checks)
+    const list = headerPairs(h);
+    for (let i = 0; i < list.length; i++) if (list[i][0] === 'content-type') return;
+    list.push(['content-type', type]);
+  }
   class Headers {
     #list = [];
     constructor(init) {
@@ -232,7 +237,7 @@
       } else {
         this.__b = {k: 'none', used: false};
       }
-      if (this.__b.type && !this.__h.has('content-type')) this.__h.set('content-type', this.__b.type);
+      if (this.__b.type) defaultType(this.__h, this.__b.type);
       this.cf = init.cf !== undefined ? init.cf : (src ? src.cf : undefined);
       this.redirect = init.redirect || (src ? src.redirect : 'follow');
       this.signal = init.signal || (src ? src.signal : null);
@@ -257,7 +262,7 @@
       this.__h = new Headers(init.headers);
       this.__b = bodyFrom(body);
       if (this.__b.k !== 'none' && NULL_BODY.includes(status)) throw new TypeError(`Response with null body status (${status}) cannot have a body.`);
-      if (this.__b.type && !this.__h.has('content-type')) this.__h.set('content-type', this.__b.type);
+      if (this.__b.type) defaultType(this.__h, this.__b.type);
       this.webSocket = init.webSocket || null;
     }
     get status() { return this.__s; }
@@ -271,8 +276,10 @@
     static json(data, init = {}) {
       const text = JSON.stringify(data);
       if (text === undefined) throw new TypeError('Value is not JSON serializable');
-      const r = new Response(text, init);
-      if (!(init && init.headers && new Headers(init.headers).has('content-type'))) r.headers.set('content-type', 'application/json');
+      const r = new Response(null, init);
+      if (NULL_BODY.includes(r.__s)) throw new TypeError(`Response with null body status (${r.__s}) cannot have a body.`);
+      r.__b = {k: 'str', v: text, used: false};
+      defaultType(r.__h, 'application/json');
       return r;
     }
     static redirect(url, status = 302) {
@@ -417,8 +424,9 @@
   def(crypto, 'randomUUID', randomUUID);
   def(crypto, 'subtle', subtle);
   class ExecutionContext {
-    constructor(waits) { def(this, '__w', waits); this.props = {}; }
-    waitUntil(p) { this.__w.push(Promise.resolve(p)); }
+    #w;
+    constructor(waits) { this.#w = waits; this.props = {}; }
+    waitUntil(p) { this.#w.push(Promise.resolve(p)); }
     passThroughOnException() {}
   }
   const ungapClone = G.structuredClone;  // vendored @ungap/structured-clone
