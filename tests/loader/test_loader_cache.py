@@ -218,3 +218,20 @@ async def test_closed_loader_refuses_work():
         await stub.fetch(get())
     with pytest.raises(RuntimeError):
         ld.get("y", CountingFactory(counter()))
+
+
+async def test_requests_waiting_for_a_load_that_gets_evicted_are_still_served(loader):
+    gate = asyncio.Event()
+
+    async def slow():
+        await gate.wait()
+        return counter()
+
+    stub = loader.get("evicted-loading", slow)
+    waiting = [asyncio.ensure_future(stub.fetch(get())) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert loader.evict("evicted-loading")
+    gate.set()
+    bodies = [json.loads(await (await w).read())["n"] for w in waiting]
+    assert sorted(bodies) == [1, 2, 3]
+    assert "evicted-loading" not in loader.stats()["per_worker"]

@@ -265,16 +265,20 @@ class Loader:
         entry.loads += 1
         self._stats["loads"] += 1
         self._stats["load_seconds"] += time.perf_counter() - started
-        if self._entries.get(entry.key) is not entry:  # evicted while loading
-            inst.shard.drop(inst)
-            if not fut.done():
-                fut.set_exception(WorkerUnavailable(f"worker {entry.key!r} was evicted while loading", key=entry.key))
-            return
         entry.instance = inst
         entry.loading = None
+        if self._entries.get(entry.key) is not entry:
+            # evicted while loading: serve the requests that waited for this load, then dispose of it
+            inst.retired = True
+            asyncio.get_running_loop().call_later(1.0, self._drop_if_idle, inst)
         if not fut.done():
             fut.set_result(inst)
         self._enforce()
+
+    @staticmethod
+    def _drop_if_idle(inst: Instance) -> None:
+        if not inst.inflight:
+            inst.shard.drop(inst)
 
     async def _run_factory(self, entry: _Entry) -> WorkerCode:
         try:
