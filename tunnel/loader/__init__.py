@@ -17,9 +17,9 @@ from .errors import (
     WorkerUnavailable,
 )
 from .http_types import BodyTooLarge, Request, Response, WorkerCode
-from .loader import Loader, WorkerStub
+from .loader import Loader, PreparedWorker, WorkerStub
 
 __all__ = [
-    "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "Request", "Response", "WorkerCode",
+    "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "PreparedWorker", "Request", "Response", "WorkerCode",
     "WorkerError", "WorkerLoadError", "WorkerScriptError", "WorkerStub", "WorkerUnavailable",
 ]

@@ -24,7 +24,7 @@ Factory = Callable[[], Awaitable[WorkerCode]]
 
 
 class _Entry:
-    __slots__ = ("key", "factory", "code", "instance", "error", "error_until", "loading", "last_used", "loads")
+    __slots__ = ("key", "factory", "code", "instance", "error", "error_until", "loading", "last_used", "loads", "detached")
 
     def __init__(self, key: str, factory: Factory):
         self.key, self.factory = key, factory
@@ -35,10 +35,24 @@ class _Entry:
         self.loading: asyncio.Future | None = None
         self.last_used = time.monotonic()
         self.loads = 0
+        self.detached = False  # prepared for ``install``; not (yet) in the cache
 
 
 def _copy_error(err: WorkerError) -> WorkerError:
     return type(err)(str(err), js_name=err.js_name, js_message=err.js_message, key=err.key)
+
+
+class PreparedWorker:
+    """A worker loaded by ``Loader.prepare`` and waiting for ``install`` or ``discard``."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: _Entry):
+        self.entry = entry
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
 
 
 class WorkerStub:
@@ -151,6 +165,44 @@ class Loader:
             return False
         self._retire(entry)
         return True
+
+    async def prepare(self, key: str, factory: Factory) -> "PreparedWorker":
+        """Load new code for ``key`` into a fresh isolate without touching the cached worker.
+
+        Use it to replace a key's code with no cold start and no window where requests fail:
+        ``prepared = await loader.prepare(key, factory)`` (raises the load error, e.g. a
+        ``WorkerLoadError`` for a syntax error, and then nothing changed), later
+        ``loader.install(prepared)`` (atomic) or ``loader.discard(prepared)``.
+        """
+        if self._closed:
+            raise WorkerUnavailable("the loader is closed", key=key)
+        entry = _Entry(key, factory)
+        entry.detached = True
+        self._start_load(entry)
+        await asyncio.shield(entry.loading)
+        return PreparedWorker(entry)
+
+    def install(self, prepared: "PreparedWorker") -> None:
+        """Make a prepared worker the cached one for its key, at once. Requests already running
+        on the previous isolate finish on it; every later ``fetch`` of the key (through any stub)
+        runs the new code."""
+        entry = prepared.entry
+        if not entry.detached:
+            raise RuntimeError(f"worker {entry.key!r} was already installed or discarded")
+        entry.detached = False
+        old = self._entries.pop(entry.key, None)
+        if old is not None:
+            self._retire(old)
+        entry.last_used = time.monotonic()
+        self._entries[entry.key] = entry
+        self._enforce()
+
+    def discard(self, prepared: "PreparedWorker") -> None:
+        """Drop a prepared worker that will not be installed."""
+        entry = prepared.entry
+        if entry.detached:
+            entry.detached = False
+            self._retire(entry)
 
     def stats(self) -> dict[str, Any]:
         """Counters and live state.
@@ -267,7 +319,7 @@ class Loader:
         self._stats["load_seconds"] += time.perf_counter() - started
         entry.instance = inst
         entry.loading = None
-        if self._entries.get(entry.key) is not entry:
+        if not entry.detached and self._entries.get(entry.key) is not entry:
             # evicted while loading: serve the requests that waited for this load, then dispose of it
             inst.retired = True
             asyncio.get_running_loop().call_later(1.0, self._drop_if_idle, inst)
