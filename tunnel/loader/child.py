@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+import struct
 import socket
 import sys
 import time
@@ -24,6 +26,7 @@ from .protocol import FrameBuffer, encode
 _MEM_EVERY = 64
 _PLAN_CACHE = 256
 _PROGRESS_S = 0.005
+_SEQ = struct.Struct("<Q")
 
 
 class Child:
@@ -136,13 +139,16 @@ def reply(seq: int, out: list, js: list) -> bytes:
     return encode({"ack": seq, "ev": out, "js": index}, b"".join(parts))
 
 
-def main(fd: int) -> None:
+def main(fd: int, current_fd: int = -1) -> None:
     """Serve the loader on socket ``fd`` until it closes.
 
     Answers each batch of frames read at once with one frame, and sooner when a batch runs
     long (every ``_PROGRESS_S``), so the loader's watchdog sees progress.
     """
     sock = socket.socket(fileno=fd)
+    # the seq of the message being worked on, in memory shared with the loader: if the watchdog has
+    # to kill this process it knows exactly which request was running
+    current = mmap.mmap(current_fd, 8) if current_fd >= 0 else None
     frames = FrameBuffer()
     child = Child()
     fast = enable_bytecode()
@@ -164,6 +170,8 @@ def main(fd: int) -> None:
         last = clock()
         for header, blob in frames.feed(data):
             seq = header.get("seq", seq)
+            if current is not None and seq is not None:
+                _SEQ.pack_into(current, 0, seq)
             child.handle(header, blob, out, js)
             if clock() - last > _PROGRESS_S:
                 sock.sendall(reply(seq, out, js))
@@ -173,4 +181,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else -1)

@@ -20,12 +20,14 @@ import base64
 import collections
 import hashlib
 import inspect
-import json
 import itertools
+import json
 import logging
+import mmap
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -114,6 +116,7 @@ class Shard:
         self.kills = 0
         self.restarts = 0
         self.bytecode = False
+        self.current: mmap.mmap | None = None
         self._ids = itertools.count(1)
         self.closed = False
 
@@ -142,15 +145,23 @@ class Shard:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
+        current_fd = _shared_word()
         try:
             env = dict(os.environ)
             # the child must import this very package, however the parent found it
             env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+            fds = (child.fileno(),) + ((current_fd,) if current_fd >= 0 else ())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tunnel.loader.child", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, env=env)
+                [sys.executable, "-m", "tunnel.loader.child", str(child.fileno()), str(current_fd)],
+                pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True, env=env)
         finally:
             child.close()
+        if self.current is not None:
+            self.current.close()
+        self.current = None
+        if current_fd >= 0:
+            self.current = mmap.mmap(current_fd, 8)
+            os.close(current_fd)
         self.restarts += 1
         self.frames = FrameBuffer()
         self.seq = self.acked = 0
@@ -186,6 +197,9 @@ class Shard:
         log.warning("loader shard %d killed: %s", self.index, reason)
         self.kills += 1
         culprit = self.sent[0] if self.sent else None
+        if self.current is not None:  # the child records the seq it is working on
+            working = _SEQ.unpack_from(self.current, 0)[0]
+            culprit = next((m for m in self.sent if m[0] == working), culprit)
         self._lost(culprit, reason)
 
     def _lost(self, culprit: tuple[int, int, int] | None, reason: str) -> None:
@@ -216,6 +230,9 @@ class Shard:
         self.closed = True
         if self.transport is not None:
             self._lost(None, "closed")
+        if self.current is not None:
+            self.current.close()
+            self.current = None
 
     # ------------------------------------------------------------------ messaging
     def _send(self, header: dict, blob: bytes = b"", wid: int = 0, rid: int = 0) -> None:
@@ -544,6 +561,19 @@ class Shard:
             task.cancel()
         if self.transport is not None:
             self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+
+
+_SEQ = struct.Struct("<Q")
+
+
+def _shared_word() -> int:
+    """An 8-byte memory file to share with the child (-1 where memfd is not available)."""
+    try:
+        fd = os.memfd_create("tunnel-loader-shard", 0)
+    except (AttributeError, OSError):
+        return -1
+    os.ftruncate(fd, 8)
+    return fd
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
