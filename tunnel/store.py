@@ -96,6 +96,10 @@ class Store:
             raise NotFound(f"config version {number} does not exist")
         return ConfigVersion(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
+    def next_version(self) -> int:
+        """The number the next stored version will get."""
+        return self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM config_versions").fetchone()[0]
+
     def history(self) -> list[ConfigVersion]:
         rows = self.db.execute(
             "SELECT version, created_at, author, hash, document FROM config_versions ORDER BY version").fetchall()

@@ -59,11 +59,11 @@ class Stack:
                                "--data-dir", str(self.data_dir)], cwd=ROOT, env=self.env, capture_output=True,
                               text=True, timeout=30)
 
-    def start(self, edge: bool = True) -> None:
+    def start(self, edge: bool = True, *edge_args: str) -> None:
         self.origin = self.spawn("-m", "tests.tunnel.origin_app", str(self.origin_port), name="origin")
         wait_port(self.origin_port)
         if edge:
-            self.start_edge()
+            self.start_edge(*edge_args)
 
     def connect(self, token: str, connections: int = 2, edge_port: int | None = None,
                 *extra: str, name: str = "connector") -> subprocess.Popen:
@@ -72,10 +72,10 @@ class Stack:
                                     "--connections", str(connections), *extra, name=name)
         return self.connector
 
-    def start_edge(self) -> subprocess.Popen:
+    def start_edge(self, *extra: str) -> subprocess.Popen:
         self.edge = self.spawn("-m", "tunnel", "edge", "--public", f"127.0.0.1:{self.public}",
                                "--connectors", f"127.0.0.1:{self.conn_port}", "--admin", f"127.0.0.1:{self.admin}",
-                               "--data-dir", str(self.data_dir), "--grace-period", "5", name="edge")
+                               "--data-dir", str(self.data_dir), "--grace-period", "5", *extra, name="edge")
         wait_port(self.admin)
         return self.edge
 

@@ -16,7 +16,13 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:8082"
 
 
 class AdminError(Exception):
-    """The admin API answered with an error, or could not be reached."""
+    """The admin API answered with an error (``status``, decoded ``body``), or could not be reached
+    (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0, body: Any = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 def add_admin_arguments(parser) -> None:
@@ -47,11 +53,13 @@ def call(args, method: str, path: str, body: Any = None) -> Any:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
+        answer = None
         try:
-            message = json.loads(exc.read()).get("error", exc.reason)
+            answer = json.loads(exc.read())
+            message = answer.get("error", exc.reason)
         except (ValueError, AttributeError):
             message = exc.reason
-        raise AdminError(f"{exc.code}: {message}") from None
+        raise AdminError(f"{exc.code}: {message}", exc.code, answer) from None
     except (urllib.error.URLError, OSError) as exc:
         raise AdminError(f"cannot reach the edge's admin API at {args.admin}: "
                          f"{getattr(exc, 'reason', exc)}") from None

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tunnel.config import Config, ConfigError, hash_password, hash_secret, load_yaml, match_ingress, parse_config
+from tunnel.cli import versions_cmds
 from tunnel.config.document import yaml_line
 
 
@@ -51,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--json", action="store_true",
                         help='print {"tunnel-ID": {"compatibility_date", "main_module", "modules", "hash"}, …}')
     render.set_defaults(func=cmd_workers_render)
+
+    versions_cmds.register(config_sub, workers_sub)
 
     hashing = subparsers.add_parser(
         "hash-password", help="print the sha256: form of a credential for the config",

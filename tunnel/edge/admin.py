@@ -9,6 +9,13 @@ Routes (all JSON; ``Authorization: Bearer <admin token>`` except /ready):
     POST   /api/tunnels                 {"name", "hostnames"} -> 201 {"name", "hostnames", "token"}
     DELETE /api/tunnels/{name}          -> {"name", "deleted": true, "version"}
     POST   /api/tunnels/{name}/token    -> {"name", "hostnames", "token"} (old token revoked)
+    GET    /api/config[?version=V]      {"version", "hash", "created_at", "author", "config" (redacted)}
+    POST   /api/config                  {"yaml": text | "document": {...}, "base": V|null}
+                                        -> {"version", "changed", "hash", "message"}; 400 {"error", "errors"}; 409
+    POST   /api/config/rollback         {"version": V|null, "base": V|null} -> as a push
+    GET    /api/config/status           {"active_version", "connectors": [{"id", "acked_version", "last_error"}]}
+    GET    /api/config/history          [{"version", "created_at", "author", "hash"}], oldest first
+    GET    /api/workers                 the loader's cached workers and counters
 
 Errors are ``{"error": message}`` with 400/401/404/409.
 """
@@ -21,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from tunnel.config import ConfigError
 from tunnel.config.credentials import verify_secret
+from tunnel.edge.versions import StaleBase
 
 from tunnel.errors import Conflict, NotFound
 
@@ -124,6 +133,71 @@ async def _rotate_token(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "hostnames": edge.hostnames_of(name), "token": token})
 
 
+def _config_errors(exc: ConfigError) -> web.Response:
+    return web.json_response({"error": "the config is invalid; nothing changed", "errors": exc.errors}, status=400)
+
+
+def _base(body: dict[str, Any]) -> int | None:
+    base = body.get("base")
+    if base is not None and (type(base) is not int or base < 0):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "base must be a version number"}),
+                                 content_type="application/json")
+    return base
+
+
+async def _push_config(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    body = await _body(request)
+    raw = body.get("yaml") if isinstance(body.get("yaml"), str) else body.get("document")
+    if not isinstance(raw, (str, dict)):
+        return _error(400, 'expected {"yaml": "<text>"} or {"document": {...}}, and optionally "base"')
+    try:
+        return web.json_response(await edge.versions.push(raw, request[AUTHOR_KEY], _base(body)))
+    except ConfigError as exc:
+        return _config_errors(exc)
+    except StaleBase as exc:
+        return _error(409, str(exc))
+
+
+async def _rollback(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    body = await _body(request)
+    version = body.get("version")
+    if version is not None and type(version) is not int:
+        return _error(400, "version must be a number")
+    try:
+        return web.json_response(await edge.versions.rollback(version, request[AUTHOR_KEY], _base(body)))
+    except ConfigError as exc:
+        return _config_errors(exc)
+    except StaleBase as exc:
+        return _error(409, str(exc))
+
+
+async def _pull(request: web.Request) -> web.Response:
+    edge = request.app[EDGE_KEY]
+    raw = request.query.get("version")
+    try:
+        version = int(raw) if raw is not None else None
+        return web.json_response(edge.versions.pull(version))
+    except ValueError:
+        return _error(400, "version must be a number")
+    except NotFound as exc:
+        return _error(404, str(exc))
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EDGE_KEY].versions.status())
+
+
+async def _history(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EDGE_KEY].versions.history())
+
+
+async def _workers(request: web.Request) -> web.Response:
+    stats = request.app[EDGE_KEY].loader.stats()
+    return web.json_response({k: v for k, v in stats.items() if k != "shards"})
+
+
 def create_admin_app(edge: "Edge") -> web.Application:
     """The aiohttp application behind ``--admin``."""
     app = web.Application(middlewares=[_auth])
@@ -135,4 +209,10 @@ def create_admin_app(edge: "Edge") -> web.Application:
     app.router.add_post("/api/tunnels", _create_tunnel)
     app.router.add_delete("/api/tunnels/{name}", _delete_tunnel)
     app.router.add_post("/api/tunnels/{name}/token", _rotate_token)
+    app.router.add_get("/api/config", _pull)
+    app.router.add_post("/api/config", _push_config)
+    app.router.add_post("/api/config/rollback", _rollback)
+    app.router.add_get("/api/config/status", _status)
+    app.router.add_get("/api/config/history", _history)
+    app.router.add_get("/api/workers", _workers)
     return app

@@ -15,12 +15,14 @@ from tunnel.config import ConfigError, load_yaml, parse_config
 from tunnel.config.document import content_hash
 from tunnel.config.model import Config
 from tunnel.edge.metrics import EdgeMetrics, TunnelCollector, exposition
+from tunnel.edge.versions import VersionManager, read_metrics_state, restore_metrics_state
 from tunnel.edge.workers import WorkerPipeline
 from tunnel.loader import Loader
 from tunnel.edge.admin import create_admin_app
 from tunnel.edge.connectors import EdgeSession, create_connector_app
 from tunnel.edge.public import PublicProtocol, PublicSettings
 from tunnel.edge.registry import TunnelRegistry
+from generators.keys import parse_key
 from generators.routing import build_routing_table
 from tunnel.protocol.frames import ErrorCode
 from tunnel.store import Store
@@ -69,7 +71,9 @@ class Edge:
         self.config: Config = parse_config({})
         self.version = 0
         self.pipeline: WorkerPipeline | None = None
-        self._worker_hashes: dict[str, str] = {}
+        self.worker_hashes: dict[str, str] = {}  # generated worker key -> code hash in force
+        self._exchanges: dict[int, Any] = {}  # public exchanges a worker may forward (all versions)
+        self.versions = VersionManager(self)
         self.extra_env: dict[str, dict[str, Any]] = {}  # more bindings for a tunnel's worker (the demo)
         self.public_settings = PublicSettings(
             routing=build_routing_table(self.config), registry=self.registry, metrics=self.metrics,
@@ -212,17 +216,52 @@ class Edge:
         self.store.close()
 
     # ------------------------------------------------------------------ config and tunnels
+    def build_pipeline(self, config: Config, version: int) -> WorkerPipeline | None:
+        """The workers of a config version (None when no tunnel needs one); nothing is loaded."""
+        if not any(t.needs_worker or t.metrics for t in config.tunnels.values()):
+            return None
+        return WorkerPipeline(self.loader, self.registry, config, version, self.extra_env, self._exchanges)
+
     def _apply(self, document: dict[str, Any], version: int) -> None:
-        """Make ``document`` (config version ``version``) the one in force: routing, workers
-        whose code changed are replaced, deleted tunnels are disconnected and forgotten."""
+        """Make ``document`` the config in force at once (start-up, tunnels create/delete): workers
+        whose code changed are evicted and load again on their next request."""
         config = parse_config(document)
-        pipeline = WorkerPipeline(self.loader, self.registry, config, version, self.extra_env) if any(
-            t.needs_worker or t.metrics for t in config.tunnels.values()) else None
+        pipeline = self.build_pipeline(config, version)
+        self._swap(config, version, pipeline, {})
+        if pipeline is not None:
+            pipeline.ready.set()
+
+    async def activate(self, config: Config, version: int, pipeline: WorkerPipeline | None,
+                       prepared: dict[str, Any]) -> None:
+        """Swap in a pushed version whose changed workers are already loaded (``prepared``): new
+        requests run the new code at once; requests in flight finish on the old isolates; custom
+        metric counts move to the new metrics workers."""
+        old = self.pipeline
+        moves = []
+        if old is not None and pipeline is not None:
+            await old.flush()
+            for key in prepared:
+                kind, tunnel = parse_key(key) or ("", "")
+                if kind == "metrics" and old.metrics_worker(tunnel) is not None:
+                    moves.append((tunnel, await read_metrics_state(old.metrics_worker(tunnel))))
+        self._swap(config, version, pipeline, prepared)
+        if old is not None and pipeline is not None:
+            pipeline.adopt_pending(old)
+        for tunnel, state in moves:
+            await restore_metrics_state(pipeline.metrics_worker(tunnel), state)
+        if pipeline is not None:
+            pipeline.ready.set()
+
+    def _swap(self, config: Config, version: int, pipeline: WorkerPipeline | None,
+              prepared: dict[str, Any]) -> None:
+        """The synchronous, atomic part of activating a version."""
         hashes = {key: worker.hash for key, worker in (pipeline.generated() if pipeline else {}).items()}
-        for key, old_hash in self._worker_hashes.items():
-            if hashes.get(key) != old_hash:
+        for key, item in prepared.items():
+            self.loader.install(item)
+        for key, old_hash in self.worker_hashes.items():
+            if key not in prepared and hashes.get(key) != old_hash:
                 self.loader.evict(key)  # requests running on the old code finish on it
-        self._worker_hashes = hashes
+        self.worker_hashes = hashes
         self.config, self.version, self.pipeline = config, version, pipeline
         self._hostnames = {name: list(t.hostnames) for name, t in config.tunnels.items()}
         settings = self.public_settings

@@ -21,12 +21,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from generators import (generate_config_worker, generate_metrics_worker, generate_tunnel_worker,
-                        metrics_key, tunnel_key)
+from generators import (generate_config_worker, generate_metrics_worker, generate_tunnel_worker)
 from generators.exposition import exchange as exchange_record
 from generators.exposition import merge_expositions, observed_headers
 from tunnel import http1
-from tunnel.config.model import Config, TunnelConfig
+from tunnel.config.model import Config
 from tunnel.edge import pages
 from tunnel.errors import (EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable,
                            WorkerFailed, WorkerLimited)
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _DROP = frozenset({"host", "content-length"})
 _ORIGIN_DROP = frozenset({"tunnel-error", "x-request-id"})  # an origin cannot forge these
+_EXCHANGE_IDS = itertools.count(1)
 #: Statuses whose Response must have a null body (Fetch standard); 101 is the upgrade.
 NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
 
@@ -261,48 +261,53 @@ class WorkerPipeline:
     """
 
     def __init__(self, loader: Loader, registry: "TunnelRegistry", config: Config, version: int,
-                 extra_env: dict[str, dict[str, Any]] | None = None):
+                 extra_env: dict[str, dict[str, Any]] | None = None,
+                 exchanges: dict[int, "Exchange"] | None = None):
         self.loader = loader
         self.extra_env = extra_env or {}
         self.registry = registry
         self.config = config
         self.version = version
-        self.exchanges: dict[int, "Exchange"] = {}
-        self._ids = itertools.count(1)
+        self.exchanges = exchanges if exchanges is not None else {}  # shared by every version
         self._stubs: dict[str, Any] = {}
-        self._metrics_stubs: dict[str, Any] = {}
         self._observed: dict[str, frozenset[str]] = {}
         self._pending: dict[str, list[dict]] = {}
         self._flusher: asyncio.Task | None = None
         self._generated: dict[str, Any] = {}
         self._limit_hits: dict[str, deque[float]] = {}
         self._quarantined: dict[str, float] = {}
+        self._factories: dict[str, Any] = {}
+        self._tunnel_keys: dict[str, str] = {}
+        self._metrics_keys: dict[str, str] = {}
+        self.ready = asyncio.Event()  # set once metrics state has moved over (see Edge)
         for name, tunnel in config.tunnels.items():
             if tunnel.needs_worker:
-                self._stubs[name] = self._tunnel_stub(name, tunnel)
+                self._tunnel_keys[name] = self._add(generate_tunnel_worker(tunnel), TunnelBinding(self, name), name)
             if tunnel.metrics:
-                self._metrics_stubs[name] = self._metrics_stub(name, tunnel)
+                self._metrics_keys[name] = self._add(generate_metrics_worker(tunnel), None, name)
                 self._observed[name] = observed_headers(tunnel)
 
     # ------------------------------------------------------------------ stubs
-    def _tunnel_stub(self, name: str, tunnel: TunnelConfig):
-        generated = generate_tunnel_worker(tunnel)
+    def _add(self, generated, binding: "TunnelBinding | None", name: str) -> str:
+        """Remember a generated worker and its factory; nothing is loaded until asked."""
         self._generated[generated.key] = generated
-        binding = TunnelBinding(self, name)
+        extra = self.extra_env.get(name, {}) if binding is not None else {}
 
         async def factory():
-            return generated.to_worker_code(env={**self.extra_env.get(name, {}), "TUNNEL": binding})
+            return generated.to_worker_code(env={**extra, "TUNNEL": binding} if binding is not None else None)
 
-        return self.loader.get(tunnel_key(name), factory)
+        self._factories[generated.key] = factory
+        return generated.key
 
-    def _metrics_stub(self, name: str, tunnel: TunnelConfig):
-        generated = generate_metrics_worker(tunnel)
-        self._generated[generated.key] = generated
+    def factory(self, key: str):
+        """The loader factory of one of this version's workers."""
+        return self._factories[key]
 
-        async def factory():
-            return generated.to_worker_code()
-
-        return self.loader.get(metrics_key(name), factory)
+    def _stub(self, key: str):
+        stub = self._stubs.get(key)
+        if stub is None:
+            stub = self._stubs[key] = self.loader.get(key, self._factories[key])
+        return stub
 
     def config_stub(self):
         """The ``config-<version>`` worker (routing table and introspection)."""
@@ -324,7 +329,13 @@ class WorkerPipeline:
 
     def tunnel_worker(self, tunnel: str):
         """The stub of ``tunnel-<id>``, or None when the tunnel is a pure pass-through."""
-        return self._stubs.get(tunnel)
+        key = self._tunnel_keys.get(tunnel)
+        return self._stub(key) if key is not None else None
+
+    def metrics_worker(self, tunnel: str):
+        """The stub of ``metrics-<id>``, or None when the tunnel has no custom metrics."""
+        key = self._metrics_keys.get(tunnel)
+        return self._stub(key) if key is not None else None
 
     # ------------------------------------------------------------------ runaway protection
     QUARANTINE_HITS = 3  # limit errors ...
@@ -355,7 +366,8 @@ class WorkerPipeline:
                         tunnel, self.QUARANTINE_HITS, self.QUARANTINE_WINDOW, self.QUARANTINE_SECONDS)
 
     def register(self, exchange: "Exchange") -> int:
-        ident = next(self._ids)
+        """Make ``exchange`` findable by the binding (through ``request.cf.edgeExchange``)."""
+        ident = next(_EXCHANGE_IDS)
         self.exchanges[ident] = exchange
         return ident
 
@@ -378,11 +390,21 @@ class WorkerPipeline:
         await asyncio.sleep(0.2)
         await self.flush()
 
+    def adopt_pending(self, old: "WorkerPipeline") -> None:
+        """Take over the observations the previous version had not sent yet."""
+        for tunnel, records in old._pending.items():
+            if tunnel in self._observed:
+                self._pending.setdefault(tunnel, []).extend(records)
+        old._pending = {}
+        if self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
     async def flush(self) -> None:
         """Send every queued observation to its metrics worker now."""
+        await self.ready.wait()
         pending, self._pending = self._pending, {}
         for tunnel, records in pending.items():
-            stub = self._metrics_stubs.get(tunnel)
+            stub = self.metrics_worker(tunnel)
             if stub is None or not records:
                 continue
             try:
@@ -396,7 +418,7 @@ class WorkerPipeline:
         await self.flush()
         texts = []
         for tunnel in tunnels:
-            stub = self._metrics_stubs.get(tunnel)
+            stub = self.metrics_worker(tunnel)
             if stub is None:
                 continue
             try:
@@ -414,12 +436,13 @@ _RESPONSE_DROP = frozenset({"x-request-id", "content-length"})
 def run_worker(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
     """Hand a public request to its tunnel's worker (as a task); the answer goes to the client."""
     exchange.client_body = ClientBody(exchange) if exchange.has_body else None
-    exchange.worker_task = asyncio.get_running_loop().create_task(_serve(exchange, stub, host, headers))
+    pipeline = exchange.proto.settings.pipeline
+    exchange.worker_task = asyncio.get_running_loop().create_task(_serve(exchange, pipeline, stub, host, headers))
 
 
-async def _serve(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
+async def _serve(exchange: "Exchange", pipeline: WorkerPipeline, stub, host: str,
+                 headers: list[tuple[str, str]]) -> None:
     proto = exchange.proto
-    pipeline = proto.settings.pipeline
     left = pipeline.quarantined(exchange.tunnel)
     if left:
         exchange.worker_task = None
