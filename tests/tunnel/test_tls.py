@@ -197,3 +197,28 @@ async def test_sighup_reloads_certificates_of_a_running_edge(tmp_path, pki):
         assert stack.edge.poll() is None
     finally:
         stack.stop()
+
+
+async def test_https_only_tunnel_redirects_plain_http_with_308(make_edge, origin, pki, tmp_path):
+    import yaml
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"tunnels": {"web": {"hostnames": [HOST], "https_only": True},
+                                                  "open": {"hostnames": ["open.localhost"]}}}))
+    edge = await make_edge(tls_cert=pki["a"].cert, tls_key=pki["a"].key, public_tls=("127.0.0.1", 0),
+                           config_file=str(config))
+    port = edge.edge.public_tls_port
+    for name in ("web", "open"):
+        connector, _ = await start_connector(edge, edge.edge.rotate_token(name), origin.url, ca=pki["ca"])
+        await asyncio.wait_for(connector.registered.wait(), 10)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(edge.public + "/small?x=1", headers={"Host": f"{HOST}:8080"},
+                              allow_redirects=False) as resp:
+            assert resp.status == 308
+            assert resp.headers["Location"] == f"https://{HOST}:{port}/small?x=1"
+            assert "Tunnel-Error" not in resp.headers
+        async with client.get(edge.public + "/small", headers={"Host": "open.localhost"}) as resp:
+            assert resp.status == 200  # other tunnels still answer plain HTTP
+        ctx = ssl.create_default_context(cafile=pki["ca"])
+        async with client.get(f"https://127.0.0.1:{port}/small", ssl=ctx, server_hostname=HOST,
+                              headers={"Host": HOST}) as resp:
+            assert resp.status == 200

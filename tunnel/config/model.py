@@ -284,6 +284,7 @@ class TunnelConfig:
     metrics: tuple[MetricDefinition, ...] = ()
     metrics_token: str | None = None
     worker: CustomWorker | None = None
+    https_only: bool = False  # plain-HTTP requests are redirected (308) to HTTPS
 
     @property
     def has_policy(self) -> bool:

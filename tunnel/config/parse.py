@@ -18,7 +18,7 @@ from tunnel.config.policy import parse_policy
 TUNNEL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MODULE_NAME = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)*[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MODULE_TYPES = ("js", "cjs", "text", "json")
-TUNNEL_KEYS = ("hostnames", "ingress", "policy", "metrics", "metrics_token", "worker")
+TUNNEL_KEYS = ("hostnames", "ingress", "policy", "metrics", "metrics_token", "worker", "https_only")
 
 
 def parse_config(doc: Mapping[str, Any]) -> Config:
@@ -72,8 +72,9 @@ def _tunnel(p: Problems, path: str, name: str, raw: Any, owner: dict[str, str]) 
             p.add(v.join(path, "metrics_token"),
                   "must be a credential hash `sha256:<64 hex digits>` (see `tunnel hash-password`), never the token")
     worker = _worker(p, v.join(path, "worker"), m["worker"]) if m.get("worker") is not None else None
+    https_only = bool(v.boolean(p, v.join(path, "https_only"), m["https_only"])) if "https_only" in m else False
     return TunnelConfig(name=name, hostnames=hostnames, ingress=ingress, policy=policy, metrics=metrics,
-                        metrics_token=token, worker=worker)
+                        metrics_token=token, worker=worker, https_only=https_only)
 
 
 def _hostnames(p: Problems, path: str, raw: Any, tunnel: str, owner: dict[str, str]) -> tuple[str, ...]:

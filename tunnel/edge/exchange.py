@@ -130,6 +130,9 @@ class Exchange:
                 self.tunnel = found[0]
                 self.stats = settings.metrics.stats(self.tunnel)
                 self.stats.in_flight += 1
+            if self.tunnel in settings.https_only and proto.scheme == "http" and settings.https_port:
+                self.redirect_to_https(host)
+                return
             if content_length is not None and int(content_length) > settings.max_body_size:
                 raise BodyTooLarge(f"the body is larger than {settings.max_body_size} bytes")
             if settings.pipeline is not None:
@@ -421,6 +424,22 @@ class Exchange:
         proto.write(http1.head_bytes(f"HTTP/1.1 {status} {reason}", headers)
                     + (b"" if self.method == "HEAD" else body))
         proto.exchange_done(self)
+
+    def redirect_to_https(self, host: str) -> None:
+        """308 to the same URL over HTTPS (a tunnel configured ``https_only``)."""
+        port = self.proto.settings.https_port
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        location = f"https://{name}{'' if port == 443 else f':{port}'}{self.url.decode('latin-1')}"
+        if not self.request_done and self.has_body:
+            self.close_after = True
+        headers = [("Location", location), ("Content-Length", "0"), ("X-Request-Id", self.request_id)]
+        if self.close_after or not self.keep_alive:
+            headers.append(("Connection", "close"))
+        self.response_started = self.response_done = True
+        self.status, self.edge_reason = 308, "https-redirect"
+        self.record()
+        self.proto.write(http1.head_bytes("HTTP/1.1 308 Permanent Redirect", headers))
+        self.proto.exchange_done(self)
 
     def client_gone(self) -> None:
         """The client connection closed: abort the origin request if it is still running."""

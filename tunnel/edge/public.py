@@ -48,6 +48,8 @@ class PublicSettings:
     trusted_proxies: list = field(default_factory=list)
     draining: bool = False
     connections: set = field(default_factory=set)  # live PublicProtocol objects
+    https_only: frozenset = frozenset()  # tunnels whose plain-HTTP requests are redirected to HTTPS
+    https_port: int = 0  # the HTTPS public listener's port (0: none)
 
     def trusts(self, ip: str) -> bool:
         if not self.trusted_proxies:

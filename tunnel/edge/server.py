@@ -117,6 +117,7 @@ class Edge:
                                               ssl=self.certs.context, ssl_handshake_timeout=10)
             self._public_servers.append(server)
             self.public_tls_port = server.sockets[0].getsockname()[1]
+            settings.https_port = self.public_tls_port
         connector_tls = self.certs is not None and not self.options.plain_connectors
         self.connector_port = await self._serve(create_connector_app(self), self.options.connectors,
                                                 self.certs.context if connector_tls else None)
@@ -267,6 +268,7 @@ class Edge:
         settings = self.public_settings
         settings.routing = build_routing_table(config)
         settings.pipeline = pipeline
+        settings.https_only = frozenset(name for name, t in config.tunnels.items() if t.https_only)
         self.metrics.active_version = version
         self.metrics.forget(config.tunnels)
         for tunnel in list(self._connected_tunnels()):
