@@ -188,7 +188,7 @@ def test_every_error_is_reported_in_one_pass(reference_doc):
     errors = errors_of(reference_doc)
     assert errors == [
         "tunnels.web.policy.on_request[7].actions[0].rate_limit.capacity: must be a positive integer",
-        "tunnels.api.bogus: unknown key (expected one of: hostnames, ingress, policy, metrics, metrics_token, worker)",
+        "tunnels.api.bogus: unknown key (expected one of: hostnames, ingress, policy, metrics, metrics_token, worker, https_only)",
         "tunnels.api.ingress[0]: the last rule must be a catch-all (no hostname, no path), "
         "like `- service: http://127.0.0.1:3000`",
     ]
