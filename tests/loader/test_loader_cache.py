@@ -235,3 +235,31 @@ async def test_requests_waiting_for_a_load_that_gets_evicted_are_still_served(lo
     bodies = [json.loads(await (await w).read())["n"] for w in waiting]
     assert sorted(bodies) == [1, 2, 3]
     assert "evicted-loading" not in loader.stats()["per_worker"]
+
+
+async def test_prepare_install_swaps_code_atomically(loader):
+    v1 = CountingFactory(counter("1"))
+    stub = loader.get("swap", v1)
+    r = await stub.fetch(get())
+    assert json.loads(await r.read())["v"] == "1"
+    v2 = CountingFactory(counter("2"))
+    prepared = await loader.prepare("swap", v2)
+    r = await stub.fetch(get())
+    assert json.loads(await r.read())["v"] == "1"          # not visible before install
+    loader.install(prepared)
+    r = await stub.fetch(get())                            # an old stub sees the new code at once
+    assert json.loads(await r.read()) == {"n": 1, "shared": 1, "v": "2"}
+    assert v1.calls == 1 and v2.calls == 1
+    with pytest.raises(ValueError):
+        loader.install(prepared)
+
+
+async def test_prepare_failure_and_discard(loader):
+    with pytest.raises(WorkerLoadError, match=r"(?s)SyntaxError: .*index\.js:1:"):
+        await loader.prepare("bad-swap", CountingFactory(code("export default {")))
+    assert "bad-swap" not in loader._entries                # nothing remembered
+    prepared = await loader.prepare("unused-swap", CountingFactory(counter()))
+    isolates = sum(s["isolates"] for s in loader.stats()["shards"])
+    loader.discard(prepared)
+    assert sum(s["isolates"] for s in loader.stats()["shards"]) == isolates - 1
+    assert "unused-swap" not in loader.stats()["per_worker"]

@@ -24,7 +24,7 @@ Factory = Callable[[], Awaitable[WorkerCode]]
 
 
 class _Entry:
-    __slots__ = ("key", "factory", "code", "instance", "error", "error_until", "loading", "last_used", "loads", "detached")
+    __slots__ = ("key", "factory", "code", "instance", "error", "error_until", "loading", "last_used", "loads")
 
     def __init__(self, key: str, factory: Factory):
         self.key, self.factory = key, factory
@@ -35,24 +35,20 @@ class _Entry:
         self.loading: asyncio.Future | None = None
         self.last_used = time.monotonic()
         self.loads = 0
-        self.detached = False  # prepared for ``install``; not (yet) in the cache
+
+
+class PreparedWorker:
+    """A worker loaded by ``Loader.prepare`` and not yet installed (``state``: prepared, installed, discarded)."""
+
+    __slots__ = ("key", "factory", "code", "instance", "state")
+
+    def __init__(self, key: str, factory: Factory, code: WorkerCode, instance: Instance):
+        self.key, self.factory, self.code, self.instance = key, factory, code, instance
+        self.state = "prepared"
 
 
 def _copy_error(err: WorkerError) -> WorkerError:
     return type(err)(str(err), js_name=err.js_name, js_message=err.js_message, key=err.key)
-
-
-class PreparedWorker:
-    """A worker loaded by ``Loader.prepare`` and waiting for ``install`` or ``discard``."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self, entry: _Entry):
-        self.entry = entry
-
-    @property
-    def key(self) -> str:
-        return self.entry.key
 
 
 class WorkerStub:
@@ -166,44 +162,6 @@ class Loader:
         self._retire(entry)
         return True
 
-    async def prepare(self, key: str, factory: Factory) -> "PreparedWorker":
-        """Load new code for ``key`` into a fresh isolate without touching the cached worker.
-
-        Use it to replace a key's code with no cold start and no window where requests fail:
-        ``prepared = await loader.prepare(key, factory)`` (raises the load error, e.g. a
-        ``WorkerLoadError`` for a syntax error, and then nothing changed), later
-        ``loader.install(prepared)`` (atomic) or ``loader.discard(prepared)``.
-        """
-        if self._closed:
-            raise WorkerUnavailable("the loader is closed", key=key)
-        entry = _Entry(key, factory)
-        entry.detached = True
-        self._start_load(entry)
-        await asyncio.shield(entry.loading)
-        return PreparedWorker(entry)
-
-    def install(self, prepared: "PreparedWorker") -> None:
-        """Make a prepared worker the cached one for its key, at once. Requests already running
-        on the previous isolate finish on it; every later ``fetch`` of the key (through any stub)
-        runs the new code."""
-        entry = prepared.entry
-        if not entry.detached:
-            raise RuntimeError(f"worker {entry.key!r} was already installed or discarded")
-        entry.detached = False
-        old = self._entries.pop(entry.key, None)
-        if old is not None:
-            self._retire(old)
-        entry.last_used = time.monotonic()
-        self._entries[entry.key] = entry
-        self._enforce()
-
-    def discard(self, prepared: "PreparedWorker") -> None:
-        """Drop a prepared worker that will not be installed."""
-        entry = prepared.entry
-        if entry.detached:
-            entry.detached = False
-            self._retire(entry)
-
     def stats(self) -> dict[str, Any]:
         """Counters and live state.
 
@@ -225,6 +183,59 @@ class Loader:
                         "kills": s.kills, "starts": s.restarts,
                         "bytecode": s.bytecode} for s in self._shards],
         }
+
+    async def prepare(self, key: str, factory: Factory) -> "PreparedWorker":
+        """Load new code for ``key`` into a fresh isolate without touching the cache.
+
+        For atomic version swaps: prepare every changed worker, then ``install`` them all (or
+        ``discard`` them all if one failed). Nothing is remembered on failure.
+        Args:
+            key: the worker key the code is for.
+            factory: ``async () -> WorkerCode``; run once, now.
+        Returns:
+            A ``PreparedWorker`` to pass to ``install`` or ``discard``.
+        Raises:
+            WorkerLoadError, CpuLimitExceeded, MemoryLimitExceeded, WorkerUnavailable: as ``fetch`` would.
+        """
+        if self._closed:
+            raise WorkerUnavailable("the loader is closed", key=key)
+        started = time.perf_counter()
+        try:
+            code = await asyncio.wait_for(self._run_factory(key, factory), self.load_timeout_s)
+        except asyncio.TimeoutError:
+            raise WorkerLoadError(f"worker {key!r}: the factory did not finish within {self.load_timeout_s}s",
+                                  js_name="Error", js_message="factory timed out", key=key) from None
+        inst = await self._shard_for(key).load(key, code, self.load_timeout_s)
+        self._stats["loads"] += 1
+        self._stats["load_seconds"] += time.perf_counter() - started
+        return PreparedWorker(key, factory, code, inst)
+
+    def install(self, prepared: "PreparedWorker") -> None:
+        """Make a prepared worker the cached worker of its key, at once (synchronous).
+
+        The previous worker of the key is retired: requests running on it finish on it, new
+        requests (also through stubs obtained earlier) go to the prepared one.
+        Raises:
+            ValueError: when ``prepared`` was already installed or discarded.
+        """
+        if prepared.state != "prepared":
+            raise ValueError(f"worker {prepared.key!r} was already {prepared.state}")
+        prepared.state = "installed"
+        old = self._entries.pop(prepared.key, None)
+        if old is not None:
+            self._retire(old)
+        entry = _Entry(prepared.key, prepared.factory)
+        entry.code, entry.instance = prepared.code, prepared.instance
+        self._entries[prepared.key] = entry
+        if self._sweeper is None:
+            self._arm_sweeper()
+        self._enforce()
+
+    def discard(self, prepared: "PreparedWorker") -> None:
+        """Dispose of a prepared worker that will not be installed (no-op if already installed)."""
+        if prepared.state == "prepared":
+            prepared.state = "discarded"
+            prepared.instance.shard.drop(prepared.instance)
 
     async def start(self) -> None:
         """Start every shard process now (optional: they also start on first use)."""
@@ -289,7 +300,7 @@ class Loader:
                 self._stats["reloads"] += 1
                 code = entry.code
             else:
-                code = await asyncio.wait_for(self._run_factory(entry), self.load_timeout_s)
+                code = await asyncio.wait_for(self._run_factory(entry.key, entry.factory), self.load_timeout_s)
                 entry.code = code
             inst = await self._shard_for(entry.key).load(entry.key, code, self.load_timeout_s)
         except asyncio.CancelledError:
@@ -319,7 +330,7 @@ class Loader:
         self._stats["load_seconds"] += time.perf_counter() - started
         entry.instance = inst
         entry.loading = None
-        if not entry.detached and self._entries.get(entry.key) is not entry:
+        if self._entries.get(entry.key) is not entry:
             # evicted while loading: serve the requests that waited for this load, then dispose of it
             inst.retired = True
             asyncio.get_running_loop().call_later(1.0, self._drop_if_idle, inst)
@@ -332,24 +343,24 @@ class Loader:
         if not inst.inflight:
             inst.shard.drop(inst)
 
-    async def _run_factory(self, entry: _Entry) -> WorkerCode:
+    async def _run_factory(self, key: str, factory: Factory) -> WorkerCode:
         try:
-            code = await entry.factory()
+            code = await factory()
         except WorkerError:
             raise
         except Exception as exc:
-            raise WorkerLoadError(f"worker {entry.key!r}: {type(exc).__name__}: {exc}", js_name=type(exc).__name__,
-                                  js_message=str(exc), key=entry.key) from exc
+            raise WorkerLoadError(f"worker {key!r}: {type(exc).__name__}: {exc}", js_name=type(exc).__name__,
+                                  js_message=str(exc), key=key) from exc
         if not isinstance(code, WorkerCode):
-            raise WorkerLoadError(f"worker {entry.key!r}: TypeError: factory returned {type(code).__name__}, "
+            raise WorkerLoadError(f"worker {key!r}: TypeError: factory returned {type(code).__name__}, "
                                   "expected WorkerCode", js_name="TypeError",
-                                  js_message="factory returned the wrong type", key=entry.key)
+                                  js_message="factory returned the wrong type", key=key)
         try:
             code.validate()
             code.split_env()
         except TypeError as exc:
-            raise WorkerLoadError(f"worker {entry.key!r}: TypeError: {exc}", js_name="TypeError",
-                                  js_message=str(exc), key=entry.key) from None
+            raise WorkerLoadError(f"worker {key!r}: TypeError: {exc}", js_name="TypeError",
+                                  js_message=str(exc), key=key) from None
         return code
 
     async def _ready(self, entry: _Entry) -> Instance:
