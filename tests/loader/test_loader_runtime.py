@@ -206,3 +206,21 @@ async def test_header_internals_are_not_reachable_from_worker_code(loader):
       return Response.json({probes, injected}) } }"""
     _, body = await run(loader, "internals", src)
     assert json.loads(body) == {"probes": ["undefined"] * 5, "injected": "TypeError"}
+
+
+async def test_crypto_subtle_hmac(loader):
+    import hashlib
+    import hmac
+    src = """export default { async fetch() {
+      const enc = new TextEncoder();
+      const key = await crypto.subtle.importKey("raw", enc.encode("secret"), {name: "HMAC", hash: "SHA-256"}, false, ["sign", "verify"]);
+      const sig = await crypto.subtle.sign("HMAC", key, enc.encode("message"));
+      const hex = Array.from(new Uint8Array(sig), (x) => x.toString(16).padStart(2, "0")).join("");
+      const ok = await crypto.subtle.verify("HMAC", key, sig, enc.encode("message"));
+      const bad = await crypto.subtle.verify("HMAC", key, sig, enc.encode("other"));
+      let unsupported = null; try { await crypto.subtle.importKey("jwk", {}, {name: "RSA"}, false, []) } catch (e) { unsupported = e.name }
+      return Response.json({hex, ok, bad, unsupported, type: key.type, alg: key.algorithm}) } }"""
+    _, body = await run(loader, "hmac", src)
+    assert json.loads(body) == {"hex": hmac.new(b"secret", b"message", hashlib.sha256).hexdigest(), "ok": True, "bad": False,
+                                "unsupported": "NotSupportedError", "type": "secret",
+                                "alg": {"name": "HMAC", "hash": {"name": "SHA-256"}, "length": 48}}

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import collections
 import hashlib
+import hmac
 import inspect
 import itertools
 import json
@@ -418,6 +419,9 @@ class Shard:
                 inst.handles[h] = data
                 reply["p"] = "text" if ev["mode"] == "text" else "bin"
                 blob = data
+            elif kind == "hmac":
+                blob = hmac.new(base64.b64decode(ev["k"]), base64.b64decode(ev["d"]), ev["alg"]).digest()
+                reply["v"], reply["p"] = {"bin": True}, "bin"
             elif kind == "digest":
                 blob = hashlib.new(ev["alg"], base64.b64decode(ev["d"])).digest()
                 reply["v"], reply["p"] = {"bin": True}, "bin"

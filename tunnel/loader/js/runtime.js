@@ -411,6 +411,50 @@
     if (!u) throw new TypeError('digest: data must be an ArrayBuffer or ArrayBufferView');
     return fromResult(await op({op: 'digest', alg: DIGESTS[name], d: bytesToB64(u)}));
   });
+  // HMAC keys only: importKey('raw', bytes, {name: 'HMAC', hash}), sign, verify (host ops to hmac).
+  let cryptoKeyRaw;
+  class CryptoKey {
+    #raw;
+    constructor(raw, algorithm, extractable, usages) {
+      if (raw !== __internal) throw new TypeError('Illegal constructor');
+      this.#raw = arguments[4]; this.type = 'secret'; this.algorithm = algorithm;
+      this.extractable = extractable; this.usages = usages;
+    }
+    static { cryptoKeyRaw = (k) => k.#raw; }
+  }
+  function hmacHash(algorithm) {
+    const hash = typeof algorithm.hash === 'string' ? algorithm.hash : algorithm.hash && algorithm.hash.name;
+    const name = String(hash).toUpperCase();
+    if (!DIGESTS[name] || name === 'MD5') throw new DOMException(`Unsupported hash: ${hash}`, 'NotSupportedError');
+    return name;
+  }
+  def(subtle, 'importKey', async (format, keyData, algorithm, extractable, usages) => {
+    const alg = typeof algorithm === 'string' ? {name: algorithm} : algorithm;
+    if (format !== 'raw' || String(alg.name).toUpperCase() !== 'HMAC') {
+      throw new DOMException('Only raw HMAC keys are supported by this runtime', 'NotSupportedError');
+    }
+    const raw = toBytes(keyData);
+    if (!raw) throw new TypeError('importKey: keyData must be an ArrayBuffer or ArrayBufferView');
+    const hash = hmacHash(alg);
+    return new CryptoKey(__internal, {name: 'HMAC', hash: {name: hash}, length: raw.byteLength * 8}, !!extractable,
+                         Array.from(usages || []), raw.slice());
+  });
+  async function hmac(usage, key, data) {
+    if (!(key instanceof CryptoKey)) throw new TypeError('key must be a CryptoKey');
+    if (!key.usages.includes(usage)) throw new DOMException(`key does not allow ${usage}`, 'InvalidAccessError');
+    const u = toBytes(data);
+    if (!u) throw new TypeError('data must be an ArrayBuffer or ArrayBufferView');
+    return fromResult(await op({op: 'hmac', alg: DIGESTS[key.algorithm.hash.name], k: bytesToB64(cryptoKeyRaw(key)), d: bytesToB64(u)}));
+  }
+  def(subtle, 'sign', (algorithm, key, data) => hmac('sign', key, data));
+  def(subtle, 'verify', async (algorithm, key, signature, data) => {
+    const expected = new Uint8Array(await hmac('verify', key, data));
+    const got = toBytes(signature);
+    if (!got || got.byteLength !== expected.byteLength) return false;
+    let diff = 0;
+    for (let i = 0; i < got.byteLength; i++) diff |= got[i] ^ expected[i];
+    return diff === 0;
+  });
   def(subtle, 'timingSafeEqual', (a, b) => {
     const x = toBytes(a), y = toBytes(b);
     if (!x || !y) throw new TypeError('timingSafeEqual: arguments must be ArrayBuffers or views');
@@ -436,7 +480,7 @@
       throw e;
     }
   }
-  for (const [k, v] of Object.entries({structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
+  for (const [k, v] of Object.entries({CryptoKey, structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
     clearTimeout, clearInterval: clearTimeout, crypto, ExecutionContext, navigator: {userAgent: 'tunnel-loader (QuickJS)'}})) def(G, k, v);
 
   // ---------------------------------------------------------------- module registry (see linker.py)
