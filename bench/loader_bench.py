@@ -86,7 +86,7 @@ async def warm(n: int, concurrency: int) -> None:
             times = []
             for _ in range(n):
                 t = time.perf_counter()
-                r = await stub.fetch(req)
+                await stub.fetch(req)
                 times.append(time.perf_counter() - t)
             print(f"warm request, {label:8s} sequential n={n}: p50 {us(pct(times, 50))}  p99 {us(pct(times, 99))}  "
                   f"({1 / statistics.mean(times):,.0f} req/s one at a time)")

@@ -76,7 +76,6 @@ async def test_response_json_redirect_and_status(loader):
       let e1 = null; try { new Response("x", {status: 204}) } catch (e) { e1 = e.name }
       let e2 = null; try { Response.redirect("https://e.com", 200) } catch (e) { e2 = e.name }
       return new Response(JSON.stringify([e1, e2]), {status: 418}) } }"""
-    from tunnel.loader import Loader  # noqa: F401  (fixture provides it)
     from .conftest import CountingFactory
     stub = loader.get("resp", CountingFactory(code(src)))
     r = await stub.fetch(Request("GET", "http://a/json"))

@@ -50,6 +50,7 @@ class Child:
         return plan
 
     def load(self, m: dict, blob: bytes, out: list) -> None:
+        """Link and evaluate a worker's modules into a new isolate; report ``loaded`` (ok or the error)."""
         wid = m["wid"]
         modules = {}
         for name, (kind, payload) in m["mods"].items():
@@ -84,6 +85,7 @@ class Child:
         out.append({"t": "loaded", "wid": wid, "ok": True, "mem": iso.memory()})
 
     def run(self, wid: int, rid: int, message: str, payload: str | None, out: list, js: list) -> None:
+        """One turn on isolate ``wid`` charged to request ``rid``; an isolate failure reports ``dead``."""
         iso = self.isolates.get(wid)
         if iso is None:
             return

@@ -1,93 +1,37 @@
-"""The loader's side of a shard process: spawning, messaging, ops, watchdog.
+"""The loader's side of a shard process: spawning, messaging, events, watchdog.
 
 Each ``Shard`` runs ``python -m tunnel.loader.child`` connected by a Unix socket pair, read on the
 event loop (asyncio transport: writes never block the loop). Isolates live in exactly one shard
 (chosen by key hash) and only that process's main thread touches them; the event loop thread
 never runs JavaScript. Ops the JavaScript side asks for (binding calls, global fetch, body
-reads, timers) run here as asyncio tasks and are answered with ``done`` messages.
-
-Body handles: a body the worker has not read stays a Python object here; JavaScript only holds
-an integer handle. Passing the request (or a binding's response) on hands the original object
-over; ``text()``/``json()``/``arrayBuffer()`` read it through a ``read`` op, bounded by
-``max_body_bytes``. Handles belong to the request whose turn created them and are released when
-that request ends.
+reads, timers) run here as asyncio tasks (``bridge.run_op``) answered with ``done`` messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import hashlib
-import hmac
-import inspect
 import itertools
 import json
 import logging
 import mmap
 import os
-import re
 import socket
 import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from .errors import CpuLimitExceeded, WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
-from .http_types import BodyTooLarge, Request, Response, WorkerCode, body_is_empty, read_body
+from .bridge import Instance, Limits, Req, add_handle, release_handles, response_from_wire, run_op
+from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
+from .http_types import Request, Response, WorkerCode, body_is_empty
 from .protocol import FrameBuffer, ProtocolError, encode
 
 log = logging.getLogger("tunnel.loader")
 worker_log = logging.getLogger("tunnel.loader.worker")
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-_MAX_TIMER_S = 3600.0
 _START_TIMEOUT_S = 30.0
-
-
-class Limits:
-    """Per-isolate limits sent to the shard (seconds and bytes)."""
-
-    __slots__ = ("cpu_s", "memory", "load_cpu_s", "max_body_bytes")
-
-    def __init__(self, cpu_s: float, memory: int, load_cpu_s: float, max_body_bytes: int):
-        self.cpu_s, self.memory, self.load_cpu_s, self.max_body_bytes = cpu_s, memory, load_cpu_s, max_body_bytes
-
-
-class _Req:
-    __slots__ = ("rid", "future", "handles", "started")
-
-    def __init__(self, rid: int, future: asyncio.Future):
-        self.rid, self.future, self.handles, self.started = rid, future, [], time.monotonic()
-
-
-class Instance:
-    """The loader's view of one isolate living in a shard.
-
-    Attributes:
-        key: the worker key. memory: last reported QuickJS heap bytes. alive: False once discarded.
-        inflight: requests started and not yet ended (their ``waitUntil`` included).
-    """
-
-    def __init__(self, shard: "Shard", wid: int, key: str, code: WorkerCode):
-        self.shard, self.wid, self.key, self.code = shard, wid, key, code
-        names = set(shard_binding_names(code))
-        self.bindings = {name: value for name, value in (code.env or {}).items() if name in names}
-        self.memory = 0
-        self.alive = False
-        self.retired = False
-        self.inflight: dict[int, _Req] = {}
-        self.handles: dict[int, Any] = {}
-        self.closable: set[int] = set()
-        self.tasks: set[asyncio.Task] = set()
-        self.loaded: asyncio.Future | None = None
-        self.requests = 0
-        self.on_idle: Callable[["Instance"], None] | None = None
-
-
-def shard_binding_names(code: WorkerCode) -> list[str]:
-    """Names of the ``env`` entries of ``code`` that are Python bindings."""
-    return code.split_env()[1]
 
 
 class Shard:
@@ -138,8 +82,7 @@ class Shard:
                 self.starting.exception()
                 raise
             finally:
-                fut, self.starting = self.starting, None
-                del fut
+                self.starting = None
             return
         await asyncio.shield(self.starting)
 
@@ -303,7 +246,7 @@ class Shard:
             if req is not None and not req.future.done():
                 if ev["ok"]:
                     try:
-                        req.future.set_result(self._response(inst, ev["res"]))
+                        req.future.set_result(response_from_wire(inst, ev["res"]))
                     except TypeError as exc:
                         req.future.set_exception(error_from_wire("script", "TypeError", str(exc), inst.key))
                 else:
@@ -353,138 +296,18 @@ class Shard:
         req = inst.inflight.pop(rid, None)
         if req is None:
             return
-        for h in req.handles:
-            body = inst.handles.pop(h, None)
-            if h in inst.closable:
-                inst.closable.discard(h)
-                # a binding's streaming response body the worker dropped: close it so the producer
-                # (e.g. the edge's origin stream) is released
-                aclose = getattr(body, "aclose", None)
-                if aclose is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-                    task = asyncio.get_running_loop().create_task(_close_quietly(aclose))
-                    _background.add(task)
-                    task.add_done_callback(_background.discard)
+        release_handles(inst, req)
         if not req.future.done():  # ended without a response (should not happen)
             req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r}: request ended without a response",
                                                        key=inst.key))
         if not inst.inflight and inst.retired:
             self.drop(inst)
 
-    # ------------------------------------------------------------------ bodies
-    def _handle(self, inst: Instance, body: Any, rid: int) -> int:
-        h = next(self._ids)
-        inst.handles[h] = body
-        req = inst.inflight.get(rid)
-        if req is not None:
-            req.handles.append(h)
-        return h
-
-    def _body_from_wire(self, inst: Instance, b: dict | None) -> Any:
-        if b is None:
-            return None
-        if "h" in b:
-            if b["h"] not in inst.handles:
-                raise TypeError("body is no longer available (its request has ended)")
-            return inst.handles.pop(b["h"])
-        if "s" in b:
-            return b["s"].encode("utf-8", "surrogatepass")
-        return base64.b64decode(b["b64"])
-
-    def _response(self, inst: Instance, r: dict) -> Response:
-        status = r["status"]
-        if not isinstance(status, int) or not 0 <= status <= 999:
-            raise TypeError(f"invalid status {status!r}")
-        return Response(status, _checked_headers(r["headers"]), self._body_from_wire(inst, r["body"]),
-                        _checked_text(r.get("statusText", ""), "statusText"))
-
-    def _request(self, inst: Instance, r: dict) -> Request:
-        return Request(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"), _checked_headers(r["headers"]),
-                       self._body_from_wire(inst, r["body"]), r.get("cf"))
-
     # ------------------------------------------------------------------ ops
     async def _op(self, inst: Instance, ev: dict) -> None:
-        reply: dict = {"t": "done", "wid": inst.wid, "rid": ev["rid"], "id": ev["id"], "ok": True}
-        blob = b""
-        try:
-            kind = ev["op"]
-            if kind == "call":
-                reply["v"], blob = await self._call(inst, ev)
-                if blob:
-                    reply["p"] = "bin"
-            elif kind == "read":
-                h = ev["h"]
-                if h not in inst.handles:
-                    raise TypeError("body is no longer available (its request has ended)")
-                data = await read_body(inst.handles[h], self.limits.max_body_bytes)
-                inst.handles[h] = data
-                reply["p"] = "text" if ev["mode"] == "text" else "bin"
-                blob = data
-            elif kind == "hmac":
-                blob = hmac.new(base64.b64decode(ev["k"]), base64.b64decode(ev["d"]), ev["alg"]).digest()
-                reply["v"], reply["p"] = {"bin": True}, "bin"
-            elif kind == "digest":
-                blob = hashlib.new(ev["alg"], base64.b64decode(ev["d"])).digest()
-                reply["v"], reply["p"] = {"bin": True}, "bin"
-            elif kind == "timer":
-                await asyncio.sleep(min(float(ev["ms"]) / 1000.0, _MAX_TIMER_S))
-                reply["v"] = None
-            else:
-                raise TypeError(f"unknown op {kind!r}")
-        except asyncio.CancelledError:
-            raise
-        except BodyTooLarge as exc:
-            reply = {**reply, "ok": False, "e": {"name": "RangeError", "message": f"{exc} (max_body_bytes)"}}
-            blob = b""
-        except Exception as exc:
-            reply = {**reply, "ok": False, "e": {"name": _js_error_name(exc), "message": str(exc) or type(exc).__name__}}
-            reply.pop("v", None)
-            reply.pop("p", None)
-            blob = b""
+        reply, blob = await run_op(inst, ev, self.limits.max_body_bytes)
         if inst.alive and self.transport is not None:
             self._send(reply, blob, inst.wid, ev["rid"])
-
-    async def _call(self, inst: Instance, ev: dict) -> tuple[Any, bytes]:
-        target, method = ev["b"], ev["m"]
-        if target == "$outbound":
-            obj = inst.code.global_outbound
-            if obj is None:
-                raise Exception("This worker is not permitted to access the internet via global functions like fetch().")
-        else:
-            obj = inst.bindings.get(target)
-            if obj is None:
-                raise TypeError(f"no binding named {target!r}")
-        if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
-            raise TypeError(f"binding {target}: {method!r} is not a callable method")
-        fn = getattr(obj, method, None)
-        if not callable(fn):
-            raise TypeError(f"binding {target} has no method {method!r}")
-        args = [self._arg(inst, a) for a in ev["a"]]
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return self._result(inst, result, ev["rid"])
-
-    def _arg(self, inst: Instance, a: dict) -> Any:
-        if "$req" in a:
-            return self._request(inst, a["$req"])
-        if "$res" in a:
-            return self._response(inst, a["$res"])
-        if "$bin" in a:
-            return base64.b64decode(a["$bin"])
-        return a.get("$v")
-
-    def _result(self, inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
-        if isinstance(result, Response):
-            body = None
-            if not body_is_empty(result.body):
-                h = self._handle(inst, result.body, rid)
-                inst.closable.add(h)
-                body = {"h": h}
-            return {"res": {"status": result.status, "statusText": result.status_text,
-                            "headers": [[k, v] for k, v in result.headers.items()], "body": body}}, b""
-        if isinstance(result, (bytes, bytearray, memoryview)):
-            return {"bin": True}, bytes(result)
-        return {"v": result}, b""
 
     # ------------------------------------------------------------------ public
     async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
@@ -535,12 +358,12 @@ class Shard:
         if not inst.alive:
             raise WorkerUnavailable(f"worker {inst.key!r}: isolate is gone", key=inst.key)
         rid = next(self._ids)
-        req = _Req(rid, asyncio.get_running_loop().create_future())
+        req = Req(rid, asyncio.get_running_loop().create_future())
         inst.inflight[rid] = req
         inst.requests += 1
         body = None
         if not body_is_empty(request.body):
-            body = {"h": self._handle(inst, request.body, rid)}
+            body = {"h": add_handle(inst, request.body, rid)}
         wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
                                                 "headers": [[k, v] for k, v in request.headers.items()],
                                                 "cf": request.cf, "body": body}}
@@ -578,44 +401,6 @@ def _shared_word() -> int:
         return -1
     os.ftruncate(fd, 8)
     return fd
-
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_CONTROL = re.compile(r"[\x00\r\n]")
-
-
-def _checked_headers(pairs: Any) -> list[tuple[str, str]]:
-    """Validate header pairs coming from JavaScript (defence in depth against header injection)."""
-    out = []
-    for name, value in pairs:
-        if not isinstance(name, str) or not isinstance(value, str) or not _TOKEN.match(name) or _CONTROL.search(value):
-            raise TypeError(f"invalid header {name!r}")
-        out.append((name, value))
-    return out
-
-
-def _checked_text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or _CONTROL.search(value):
-        raise TypeError(f"invalid {what} {value!r}")
-    return value
-
-
-_background: set[asyncio.Task] = set()
-
-
-async def _close_quietly(aclose: Callable[[], Any]) -> None:
-    try:
-        await aclose()
-    except Exception:  # the producer's own error on close is not the worker's business
-        log.debug("closing a dropped body failed", exc_info=True)
-
-
-def _js_error_name(exc: BaseException) -> str:
-    if isinstance(exc, TypeError):
-        return "TypeError"
-    if isinstance(exc, (ValueError, OverflowError)):
-        return "RangeError"
-    return "Error"
 
 
 class _ShardProtocol(asyncio.Protocol):
