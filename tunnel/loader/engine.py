@@ -25,11 +25,15 @@ import quickjs
 from .linker import Plan
 
 _JS = resources.files(__package__) / "js"
-_RUNTIME_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
+_RUNTIME_SRC = "\n;".join([(_JS / name).read_text("utf-8") for name in (
     "vendor/fast-text-encoding-1.0.6.min.js",
     "vendor/ungap-structured-clone-1.4.0.min.js",
-    "runtime.js",
-))
+)] + [
+    # js/runtime/*.js are fragments of one function body: one private scope for the whole runtime
+    "(function () {\n'use strict';\n" + "\n".join(
+        part.read_text("utf-8") for part in sorted((_JS / "runtime").iterdir(), key=lambda p: p.name)
+        if part.name.endswith(".js")) + "\n})();",
+])
 _URL_SRC = "\n;".join((_JS / name).read_text("utf-8") for name in (
     "vendor/core-js-3.51.0-url.min.js",
     "fast-url.js",

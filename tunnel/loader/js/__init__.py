@@ -1,0 +1,1 @@
+"""Package data: JavaScript for the worker runtime (a package so that its *.js files ship)."""

@@ -1,0 +1,147 @@
+// fetch, console, timers, crypto, structuredClone, ExecutionContext.
+// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// function ("use strict"), so these files share one private scope.
+  // ---------------------------------------------------------------- globals
+  async function fetch(input, init) {
+    const req = new Request(input, init);
+    if (!outbound) throw new Error(NOT_PERMITTED);
+    return fromResult(await op({op: 'call', b: '$outbound', m: 'fetch', a: [serArg(req)]}));
+  }
+  function fmt(args) {
+    return args.map((a) => {
+      if (typeof a === 'string') return a;
+      if (a instanceof Error) return a.stack ? `${a.name}: ${a.message}\n${a.stack}` : `${a.name}: ${a.message}`;
+      try { const s = JSON.stringify(a); return s === undefined ? String(a) : s; } catch (_e) { return String(a); }
+    }).join(' ').slice(0, LOG_MAX);
+  }
+  const console = {};
+  for (const [name, level] of [['log', 'info'], ['info', 'info'], ['debug', 'debug'], ['warn', 'warning'], ['error', 'error'], ['trace', 'debug']]) {
+    def(console, name, (...args) => emit({t: 'log', l: level, m: fmt(args)}));
+  }
+  const timers = new Map();
+  let nextTimer = 1;
+  function armTimer(id, ms) {
+    op({op: 'timer', ms: Math.max(0, Number(ms) || 0)}).then(() => {
+      const t = timers.get(id);
+      if (!t) return;
+      if (t.repeat) armTimer(id, t.ms); else timers.delete(id);
+      t.fn(...t.args);
+    });
+  }
+  const MAX_TIMERS = 1000;
+  function setTimeout(fn, ms = 0, ...args) {
+    if (typeof fn !== 'function') throw new TypeError('setTimeout requires a function');
+    if (timers.size >= MAX_TIMERS) throw new RangeError(`too many active timers (${MAX_TIMERS})`);
+    const id = nextTimer++;
+    timers.set(id, {fn, args, ms, repeat: false});
+    armTimer(id, ms);
+    return id;
+  }
+  function setInterval(fn, ms = 0, ...args) {
+    const id = setTimeout(fn, ms, ...args);
+    timers.get(id).repeat = true;
+    return id;
+  }
+  const clearTimeout = (id) => { timers.delete(id); };
+  function getRandomValues(view) {
+    if (!(view instanceof Int8Array || view instanceof Uint8Array || view instanceof Uint8ClampedArray ||
+          view instanceof Int16Array || view instanceof Uint16Array || view instanceof Int32Array ||
+          view instanceof Uint32Array || view instanceof BigInt64Array || view instanceof BigUint64Array)) {
+      throw new TypeError('getRandomValues: argument must be an integer TypedArray');
+    }
+    const n = view.byteLength;
+    if (n > 65536) throw new DOMException(`The ArrayBufferView's byte length (${n}) exceeds the number of bytes of entropy available via this API (65536)`, 'QuotaExceededError');
+    if (entropy.length - entropyPos < n) throw new Error('entropy pool exhausted; retry in the next request');
+    const u = new Uint8Array(view.buffer, view.byteOffset, n);
+    for (let i = 0; i < n; i++) u[i] = entropy.charCodeAt(entropyPos + i);
+    entropyPos += n;
+    if (entropy.length - entropyPos < 8192) emit({t: 'entropy'});
+    return view;
+  }
+  function randomUUID() {
+    const b = getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+  const DIGESTS = {'SHA-1': 'sha1', 'SHA-256': 'sha256', 'SHA-384': 'sha384', 'SHA-512': 'sha512', 'MD5': 'md5'};
+  const subtle = {};
+  def(subtle, 'digest', async (algorithm, data) => {
+    const name = String(typeof algorithm === 'string' ? algorithm : algorithm && algorithm.name).toUpperCase();
+    if (!DIGESTS[name]) throw new DOMException(`Unrecognized algorithm name: ${name}`, 'NotSupportedError');
+    const u = toBytes(data);
+    if (!u) throw new TypeError('digest: data must be an ArrayBuffer or ArrayBufferView');
+    return fromResult(await op({op: 'digest', alg: DIGESTS[name], d: bytesToB64(u)}));
+  });
+  // HMAC keys only: importKey('raw', bytes, {name: 'HMAC', hash}), sign, verify (host ops to hmac).
+  let cryptoKeyRaw;
+  class CryptoKey {
+    #raw;
+    constructor(raw, algorithm, extractable, usages) {
+      if (raw !== __internal) throw new TypeError('Illegal constructor');
+      this.#raw = arguments[4]; this.type = 'secret'; this.algorithm = algorithm;
+      this.extractable = extractable; this.usages = usages;
+    }
+    static { cryptoKeyRaw = (k) => k.#raw; }
+  }
+  function hmacHash(algorithm) {
+    const hash = typeof algorithm.hash === 'string' ? algorithm.hash : algorithm.hash && algorithm.hash.name;
+    const name = String(hash).toUpperCase();
+    if (!DIGESTS[name] || name === 'MD5') throw new DOMException(`Unsupported hash: ${hash}`, 'NotSupportedError');
+    return name;
+  }
+  def(subtle, 'importKey', async (format, keyData, algorithm, extractable, usages) => {
+    const alg = typeof algorithm === 'string' ? {name: algorithm} : algorithm;
+    if (format !== 'raw' || String(alg.name).toUpperCase() !== 'HMAC') {
+      throw new DOMException('Only raw HMAC keys are supported by this runtime', 'NotSupportedError');
+    }
+    const raw = toBytes(keyData);
+    if (!raw) throw new TypeError('importKey: keyData must be an ArrayBuffer or ArrayBufferView');
+    const hash = hmacHash(alg);
+    return new CryptoKey(__internal, {name: 'HMAC', hash: {name: hash}, length: raw.byteLength * 8}, !!extractable,
+                         Array.from(usages || []), raw.slice());
+  });
+  async function hmac(usage, key, data) {
+    if (!(key instanceof CryptoKey)) throw new TypeError('key must be a CryptoKey');
+    if (!key.usages.includes(usage)) throw new DOMException(`key does not allow ${usage}`, 'InvalidAccessError');
+    const u = toBytes(data);
+    if (!u) throw new TypeError('data must be an ArrayBuffer or ArrayBufferView');
+    return fromResult(await op({op: 'hmac', alg: DIGESTS[key.algorithm.hash.name], k: bytesToB64(cryptoKeyRaw(key)), d: bytesToB64(u)}));
+  }
+  def(subtle, 'sign', (algorithm, key, data) => hmac('sign', key, data));
+  def(subtle, 'verify', async (algorithm, key, signature, data) => {
+    const expected = new Uint8Array(await hmac('verify', key, data));
+    const got = toBytes(signature);
+    if (!got || got.byteLength !== expected.byteLength) return false;
+    let diff = 0;
+    for (let i = 0; i < got.byteLength; i++) diff |= got[i] ^ expected[i];
+    return diff === 0;
+  });
+  def(subtle, 'timingSafeEqual', (a, b) => {
+    const x = toBytes(a), y = toBytes(b);
+    if (!x || !y) throw new TypeError('timingSafeEqual: arguments must be ArrayBuffers or views');
+    if (x.byteLength !== y.byteLength) throw new TypeError('Input buffers must have the same byte length');
+    let diff = 0;
+    for (let i = 0; i < x.byteLength; i++) diff |= x[i] ^ y[i];
+    return diff === 0;
+  });
+  const crypto = {};
+  def(crypto, 'getRandomValues', getRandomValues);
+  def(crypto, 'randomUUID', randomUUID);
+  def(crypto, 'subtle', subtle);
+  class ExecutionContext {
+    #w;
+    constructor(waits) { this.#w = waits; this.props = {}; }
+    waitUntil(p) { this.#w.push(Promise.resolve(p)); }
+    passThroughOnException() {}
+  }
+  const ungapClone = G.structuredClone;  // vendored @ungap/structured-clone
+  function structuredClone(value) {
+    try { return ungapClone(value); } catch (e) {
+      if (e instanceof TypeError) throw new DOMException(String(e.message), 'DataCloneError');
+      throw e;
+    }
+  }
+  for (const [k, v] of Object.entries({CryptoKey, structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
+    clearTimeout, clearInterval: clearTimeout, crypto, ExecutionContext, navigator: {userAgent: 'tunnel-loader (QuickJS)'}})) def(G, k, v);
+
