@@ -2,7 +2,7 @@
 
 An ``Isolate`` owns one ``quickjs.Context`` (its own JSRuntime: nothing is shared between
 isolates) and must only ever be used from the thread that created it (a shard process's
-main thread). It exchanges JSON messages with ``js/runtime.js`` and never installs Python
+main thread). It exchanges JSON messages with the runtime (``js/runtime/*.js``) and never installs Python
 callbacks (the binding refuses them while a time limit is set).
 
 CPU limit: ``set_time_limit`` is per call into JS and counts process CPU time, so before every

@@ -2,7 +2,7 @@
 
 The binding (quickjs-ng 0.17) cannot load modules: ``import`` of anything fails. So each ES
 module is rewritten, with a real parser (tree-sitter-javascript), into a self-contained ES
-module that talks to a small registry installed by ``js/runtime.js``:
+module that talks to a small registry installed by the runtime (``js/runtime/40-modules.js``):
 
 - import statements are blanked; their bindings become ``const`` snapshots taken from the
   registry in a prologue placed *on line 1*, so every line number of the source is preserved;
