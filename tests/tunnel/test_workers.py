@@ -195,6 +195,7 @@ async def test_counters_are_exact_and_custom_metrics_labelled(worker_edge, clien
         assert 'tunnel_custom_requests_by_route_total{tunnel="web",class="4xx",route="other"} 5' in text
         assert 'tunnel_connector_connections{tunnel="web"} 1.0' in text
     assert "tunnel_loader_workers" in everything and "tunnel_loader_" not in mine
+    assert "tunnel_connector_connections_by_config_version{version=\"1\"} 1.0" in everything
     for path, token in (("/metrics", "web-reader"), ("/tunnels/web/metrics", "wrong"),
                         ("/tunnels/other/metrics", "web-reader")):
         async with client.get(base + path, headers={"Authorization": f"Bearer {token}"}) as resp:

@@ -80,8 +80,9 @@ class TunnelCollector:
 
     def __init__(self, metrics: EdgeMetrics, tunnels: Callable[[], Iterable[str]],
                  connections: Callable[[str], int], loader_stats: Callable[[], dict[str, Any] | None],
-                 only: str | None = None):
+                 only: str | None = None, acked_versions: Callable[[], Iterable[int]] = tuple):
         self.metrics = metrics
+        self.acked_versions = acked_versions
         self.tunnels = tunnels
         self.connections = connections
         self.loader_stats = loader_stats
@@ -136,6 +137,15 @@ class TunnelCollector:
         for result, count in sorted(self.metrics.pushes.items()):
             pushes.add_metric([result], count)
         yield pushes
+        acked = GaugeMetricFamily("tunnel_connector_connections_by_config_version",
+                                  "Connector connections by the config version they acknowledged (0: none yet).",
+                                  labels=["version"])
+        counts: dict[int, int] = {}
+        for version in self.acked_versions():
+            counts[version] = counts.get(version, 0) + 1
+        for version, count in sorted(counts.items()):
+            acked.add_metric([str(version)], count)
+        yield acked
         stats = self.loader_stats()
         if not stats:
             return

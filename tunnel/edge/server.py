@@ -293,7 +293,8 @@ class Edge:
     async def metrics_exposition(self, tunnel: str | None = None) -> bytes:
         """Prometheus text for the whole edge, or only for ``tunnel`` (custom series included)."""
         collector = TunnelCollector(self.metrics, lambda: list(self.config.tunnels), self.registry.connections,
-                                    self.loader.stats, only=tunnel)
+                                    self.loader.stats, only=tunnel,
+                                    acked_versions=lambda: [s.acked_version for s in self.registry.sessions()])
         custom = ""
         if self.pipeline is not None:
             names = [tunnel] if tunnel is not None else list(self.config.tunnels)
