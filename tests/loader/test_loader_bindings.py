@@ -260,3 +260,14 @@ def test_headers_from_javascript_are_validated_again_in_python():
             _checked_headers(bad)
     with pytest.raises(TypeError):
         _checked_text("http://a/\r\nX: y", "url")
+
+
+async def test_binding_fetch_with_a_url_string_gets_a_request(loader):
+    tunnel = Tunnel()
+    src = """export default { async fetch(req, env) {
+      const r = await env.TUNNEL.fetch("https://other.example/p", {service: "x"});
+      return new Response(await r.text()) } }"""
+    _, body = await run(loader, "url-string", code(src, env={"TUNNEL": tunnel}))
+    (py_req, rest), = tunnel.calls
+    assert isinstance(py_req, Request) and (py_req.method, py_req.url, rest) == ("GET", "https://other.example/p", ({"service": "x"},))
+    assert body == b"origin:https://other.example/p"

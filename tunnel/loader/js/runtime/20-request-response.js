@@ -115,6 +115,10 @@
     return v.v;
   }
   async function callBinding(target, method, args) {
+    // like a Workers service binding, fetch("https://…") means fetch(new Request("https://…"))
+    if (method === 'fetch' && args.length && (typeof args[0] === 'string' || (G.URL && args[0] instanceof G.URL))) {
+      args = [new Request(args[0]), ...args.slice(1)];
+    }
     const v = await op({op: 'call', b: target, m: method, a: args.map(serArg)});
     return fromResult(v);
   }
