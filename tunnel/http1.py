@@ -36,7 +36,7 @@ def strip_hop_by_hop(headers: list[tuple[str, str]], keep_upgrade: bool = False,
     for name, value in headers:
         if name.lower() == "connection":
             listed.update(t.lower() for t in _TOKEN_SPLIT.split(value.strip()) if t)
-    drop = HOP_BY_HOP | listed | also
+    drop = HOP_BY_HOP | listed | also if listed or also else HOP_BY_HOP
     out = []
     for name, value in headers:
         lname = name.lower()

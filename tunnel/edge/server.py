@@ -103,6 +103,8 @@ class Edge:
         active = self.store.active()
         if active is not None:
             self._apply(active.document, active.version)
+        if self.pipeline is not None:
+            await self.loader.start()  # shard processes now, not on the first request
         loop = asyncio.get_running_loop()
         settings = self.public_settings
         host, port = self.options.public

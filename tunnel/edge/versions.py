@@ -162,7 +162,7 @@ class VersionManager:
         return {"active_version": edge.version, "connectors": sorted(connectors.values(), key=lambda c: c["id"])}
 
 
-_CUSTOM_AT = re.compile(r"at custom/(?P<module>.+?):(?P<line>\d+):(?P<column>\d+)")
+_CUSTOM_AT = re.compile(r"custom/(?P<module>[^\s():]+):(?P<line>\d+):(?P<column>\d+)")
 
 
 def _describe_failure(key: str, error: WorkerError) -> str:

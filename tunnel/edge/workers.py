@@ -79,6 +79,10 @@ class TunnelBody:
         self.consumed = True
         return self.call.iterate()
 
+    async def aclose(self) -> None:
+        """The worker dropped this body (the loader calls this): release the tunnel stream."""
+        self.call.cancel()
+
 
 class TunnelCall:
     """One ``env.TUNNEL.fetch``: a tunnel stream opened on behalf of a worker."""
