@@ -44,6 +44,11 @@ async def whoami(request: web.Request) -> web.Response:
     return web.Response(text=request.app[NAME_KEY])
 
 
+async def named_echo(request: web.Request) -> web.Response:
+    """Which origin answered, and the path it saw."""
+    return web.json_response({"origin": request.app[NAME_KEY], "path": request.path_qs})
+
+
 async def small(request: web.Request) -> web.Response:
     return web.Response(body=pattern(1024), content_type="application/octet-stream",
                         headers={"X-Origin": "small", "ETag": '"abc"'})
@@ -173,6 +178,7 @@ def create_app(name: str = "origin") -> web.Application:
     app.router.add_get("/forged", forged)
     app.router.add_get("/whoami", whoami)
     app.router.add_get("/checkout/{tail:.*}", whoami)
+    app.router.add_route("*", "/api/{tail:.*}", named_echo)
     return app
 
 
