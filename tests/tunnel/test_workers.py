@@ -223,3 +223,27 @@ async def test_a_tunnel_without_policy_skips_the_loader(make_edge, origin, clien
     await edge.tunnel("plain", "plain.localhost", origin.url)
     assert (await get(client, edge, "/small", host="plain.localhost"))[0] == 200
     assert edge.edge.loader.stats()["loads"] == 0
+
+
+async def test_head_204_304_sse_and_websockets_through_a_policy_tunnel(make_edge, origin, client, tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"tunnels": {"w": {"hostnames": ["w.localhost"], "policy": {
+        "on_response": [{"actions": [{"set_response_headers": {"X-P": "1"}}]}]}}}}))
+    edge = await make_edge(config_file=str(path))
+    await edge.connect(edge.edge.rotate_token("w"), origin.url)
+    expected = {("HEAD", "/small"): (200, "1024", 0), ("GET", "/status/204"): (204, None, 0),
+                ("GET", "/status/304"): (304, None, 0), ("GET", "/small"): (200, "1024", 1024)}
+    for (method, target), (status, length, size) in expected.items():
+        got_status, headers, body = await get(client, edge, target, host="w.localhost", method=method)
+        assert (got_status, headers.get("Content-Length"), len(body)) == (status, length, size), target
+        assert headers["X-P"] == "1"
+    async with client.get(edge.public + "/sse?n=3&interval=0.2", headers={"Host": "w.localhost"}) as resp:
+        arrivals = []
+        async for line in resp.content:
+            if line.startswith(b"data:"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 3 and arrivals[-1] - arrivals[0] > 0.3  # streamed, not buffered
+    async with client.ws_connect(edge.public + "/ws", headers={"Host": "w.localhost"}) as ws:
+        await ws.send_bytes(b"\x00\x01binary")
+        msg = await ws.receive(timeout=5)
+        assert msg.data == b"\x00\x01binary"
