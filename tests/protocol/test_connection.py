@@ -468,3 +468,12 @@ def test_config_frames_only_flow_one_way(link):
         link.edge.receive(F.encode(F.FrameType.CONFIG, 0, 0, b'{"version":1,"config":{}}'))
     with pytest.raises(ProtocolError):
         link.connector.receive(F.encode(F.FrameType.CONFIG_ACK, 0, 0, b'{"version":1,"ok":true,"error":""}'))
+
+
+def test_a_ping_flood_does_not_grow_the_outbound_queue_without_bound(link):
+    from tunnel.protocol import frames as F
+    from tunnel.protocol.connection import MAX_QUEUED_FOR_PINGS
+    ping = F.encode(F.FrameType.PING, 0, 0, b"\0" * 8)
+    for _ in range(MAX_QUEUED_FOR_PINGS // 18 + 1000):
+        link.connector.receive(ping)
+    assert link.connector.outbound_size <= MAX_QUEUED_FOR_PINGS + 18

@@ -37,6 +37,7 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
 DEFAULT_WINDOW = 1024 * 1024
+MAX_QUEUED_FOR_PINGS = 4 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 1024
 
 
@@ -368,7 +369,9 @@ class Connection:
                 raise ProtocolError("PING payload must be 8 bytes")
             if frame.flags & F.Flags.ACK:
                 events.append(PingAcknowledged(frame.payload))
-            else:
+            elif self._out.size < MAX_QUEUED_FOR_PINGS:
+                # A peer that floods PINGs without reading our answers must not grow our queue
+                # without bound: beyond this, PINGs go unanswered (PROTOCOL.md §7).
                 self._out.add(F.encode(F.FrameType.PING, F.Flags.ACK, 0, frame.payload))
         elif ftype == F.FrameType.GOAWAY:
             last, code, text = F.parse_goaway(frame)
