@@ -247,3 +247,14 @@ async def test_head_204_304_sse_and_websockets_through_a_policy_tunnel(make_edge
         await ws.send_bytes(b"\x00\x01binary")
         msg = await ws.receive(timeout=5)
         assert msg.data == b"\x00\x01binary"
+
+
+async def test_a_worker_that_never_answers_is_cut_off(make_edge, origin, client, tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"tunnels": {"idle": {"hostnames": ["idle.localhost"], "worker": {
+        "main_module": "index.js",
+        "modules": {"index.js": "export default { fetch() { return new Promise(() => {}); } };"}}}}}))
+    edge = await make_edge(config_file=str(path), origin_timeout=0.5)
+    edge.edge.pipeline.response_timeout = 1.0
+    status, headers, _ = await get(client, edge, "/", host="idle.localhost")
+    assert status == 503 and headers["Tunnel-Error"] == "worker-limit"

@@ -223,7 +223,9 @@ class Edge:
         """The workers of a config version (None when no tunnel needs one); nothing is loaded."""
         if not any(t.needs_worker or t.metrics for t in config.tunnels.values()):
             return None
-        return WorkerPipeline(self.loader, self.registry, config, version, self.extra_env, self._exchanges)
+        pipeline = WorkerPipeline(self.loader, self.registry, config, version, self.extra_env, self._exchanges)
+        pipeline.response_timeout = self.options.origin_timeout + 10.0
+        return pipeline
 
     def _apply(self, document: dict[str, Any], version: int) -> None:
         """Make ``document`` the config in force at once (start-up, tunnels create/delete): workers

@@ -269,6 +269,7 @@ class WorkerPipeline:
                  exchanges: dict[int, "Exchange"] | None = None):
         self.loader = loader
         self.extra_env = extra_env or {}
+        self.response_timeout = 110.0  # wall-clock bound on a worker's answer (Edge sets origin timeout + 10 s)
         self.registry = registry
         self.config = config
         self.version = version
@@ -459,7 +460,14 @@ async def _serve(exchange: "Exchange", pipeline: WorkerPipeline, stub, host: str
                       cf={"clientIp": proto.peer_ip, "requestId": exchange.request_id, "edgeExchange": ident,
                           "tunnel": exchange.tunnel, "scheme": proto.scheme})
     try:
-        response = await stub.fetch(request)
+        response = await asyncio.wait_for(stub.fetch(request), pipeline.response_timeout)
+    except asyncio.TimeoutError:
+        exchange.worker_task = None
+        exchange.stats.worker_errors["Timeout"] = exchange.stats.worker_errors.get("Timeout", 0) + 1
+        log.warning("tunnel %s request %s: worker gave no response within %.0f s", exchange.tunnel,
+                    exchange.request_id, pipeline.response_timeout)
+        exchange.fail(WorkerLimited(f"the tunnel's worker gave no response within {pipeline.response_timeout:.0f} s"))
+        return
     except WorkerError as exc:
         exchange.worker_task = None
         kind = type(exc).__name__
