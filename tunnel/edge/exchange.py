@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tunnel import http1
 from tunnel.edge import pages
+from tunnel.edge.workers import run_worker
 from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadersTooLarge, HeadTooLarge, NoConnector,
                            OriginTimeout, OriginUnreachable, UnknownHost)
 from tunnel.protocol import RequestHead, ResponseHead
@@ -161,7 +162,6 @@ class Exchange:
         if expect and expect.lower() == "100-continue" and not self.request_done and self.version == "1.1":
             proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if stub is not None:
-            from tunnel.edge.workers import run_worker
             run_worker(self, stub, host, fwd)
             return
         try:
