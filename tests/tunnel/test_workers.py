@@ -258,3 +258,25 @@ async def test_a_worker_that_never_answers_is_cut_off(make_edge, origin, client,
     edge.edge.pipeline.response_timeout = 1.0
     status, headers, _ = await get(client, edge, "/", host="idle.localhost")
     assert status == 503 and headers["Tunnel-Error"] == "worker-limit"
+
+
+async def test_counts_carry_on_across_config_versions(worker_edge, client, origin):
+    edge = await worker_edge()
+    for _ in range(5):
+        assert (await get(client, edge, "/small"))[0] == 200
+    doc = yaml.safe_load(yaml.safe_dump(config(origin.url)))  # the same key order as the first version
+    doc["tunnels"]["web"]["metrics"][0]["help"] = "By route, new words."  # metrics-web is replaced
+    doc["tunnels"]["web"]["policy"]["on_response"][0]["actions"][0]["set_response_headers"]["X-Frame-Options"] = \
+        "SAMEORIGIN"
+    before = edge.edge.worker_hashes
+    result = await edge.edge.versions.push(doc, "test", base=edge.edge.version)
+    assert result["changed"] and result["version"] == 2
+    assert edge.edge.worker_hashes["metrics-web"] != before["metrics-web"]
+    assert edge.edge.worker_hashes["tunnel-web"] != before["tunnel-web"]
+    for _ in range(3):
+        status, headers, _ = await get(client, edge, "/small")
+        assert status == 200 and headers["X-Frame-Options"] == "SAMEORIGIN"
+    text = (await edge.edge.metrics_exposition("web")).decode()
+    assert 'tunnel_custom_requests_by_route_total{tunnel="web",class="2xx",route="/small"} 8' in text
+    assert "# HELP tunnel_custom_requests_by_route_total By route, new words." in text
+    assert 'tunnel_requests_total{status="200",tunnel="web"} 8.0' in text
