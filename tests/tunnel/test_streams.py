@@ -113,3 +113,16 @@ async def test_garbage_from_a_connector_closes_only_that_connection(edge, origin
                 await asyncio.wait_for(ws.recv(), 5)
     async with client.get(edge.public + "/small", headers={"Host": HOST}) as resp:
         assert resp.status == 200
+
+
+async def test_unauthenticated_connections_are_bounded(edge, monkeypatch):
+    from tunnel.edge import connectors
+    monkeypatch.setattr(connectors, "MAX_PENDING_HANDSHAKES", 3)
+    idle = [await ws_connect(edge.ws_url, compression=None) for _ in range(3)]  # never say HELLO
+    try:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            await ws_connect(edge.ws_url, compression=None)
+        assert info.value.response.status_code == 503
+    finally:
+        for ws in idle:
+            await ws.close()

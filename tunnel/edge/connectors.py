@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
+#: Connections still waiting for their HELLO beyond this are refused (503), so unauthenticated
+#: clients cannot hold an unbounded number of sessions for HELLO_TIMEOUT each.
+MAX_PENDING_HANDSHAKES = 256
 EDGE_KEY: web.AppKey["Edge"] = web.AppKey("edge")
 
 
@@ -104,6 +107,10 @@ async def connector_handler(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE_KEY]
     if edge.draining:
         return web.Response(status=503, text="edge is shutting down; reconnect shortly\n")
+    pending = sum(1 for s in edge.sessions if s.tunnel is None)
+    if pending >= MAX_PENDING_HANDSHAKES:
+        log.warning("refusing a connector connection from %s: %d handshakes pending", request.remote, pending)
+        return web.Response(status=503, text="too many connections waiting to authenticate; retry shortly\n")
     ws = web.WebSocketResponse(max_msg_size=2 * MAX_MESSAGE + 1024 * 1024, compress=False,
                                autoping=True, heartbeat=None)
     await ws.prepare(request)
