@@ -14,6 +14,7 @@
     │   ├── OriginUnreachable         502 origin-unreachable
     │   ├── OriginTimeout             504 origin-timeout
     │   ├── HeadTooLarge              431 head-too-large
+    │   ├── RequestTimeout            408 request-timeout (a request body stalled)
     │   ├── BodyTooLarge              413 body-too-large
     │   ├── WorkerFailed              500 worker-error (the tunnel's worker threw or failed to load)
     │   └── WorkerLimited             503 worker-limit (CPU or memory limit, or worker unavailable)
@@ -95,6 +96,10 @@ class OriginTimeout(EdgeHTTPError):
 
 class HeadTooLarge(EdgeHTTPError):
     status, reason, title = 431, "head-too-large", "Request header fields too large"
+
+
+class RequestTimeout(EdgeHTTPError):
+    status, reason, title = 408, "request-timeout", "The request body stopped arriving"
 
 
 class BodyTooLarge(EdgeHTTPError):

@@ -144,3 +144,28 @@ async def test_an_oversized_origin_head_is_502_and_the_tunnel_survives(edge, ori
         assert (await get(client, edge.public, "/", host="big.localhost"))[0] == 502
     finally:
         server.close()
+
+
+async def test_a_stalled_request_body_is_cut_off_with_408(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    edge.edge.public_settings.body_timeout = 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n0123456789".encode())
+    started = asyncio.get_running_loop().time()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 408 ") and b"Tunnel-Error: request-timeout" in data
+    assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_a_slow_but_moving_body_is_not_cut_off(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    edge.edge.public_settings.body_timeout = 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 8\r\n\r\n".encode())
+    for _ in range(8):  # one byte every 0.2 s: 1.6 s in all, never 0.5 s without progress
+        await asyncio.sleep(0.2)
+        writer.write(b"x")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from tunnel.edge.exchange import Exchange
-from tunnel.errors import BadRequest, EdgeHTTPError, HeadTooLarge
+from tunnel.errors import BadRequest, EdgeHTTPError, HeadTooLarge, RequestTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from generators.routing import RoutingTable
@@ -45,6 +45,7 @@ class PublicSettings:
     max_body_size: int = 1 << 30
     head_timeout: float = 30.0
     idle_timeout: float = 75.0
+    body_timeout: float = 60.0  # a request body that makes no progress this long is cut off (408)
     trusted_proxies: list = field(default_factory=list)
     draining: bool = False
     connections: set = field(default_factory=set)  # live PublicProtocol objects
@@ -79,6 +80,7 @@ class PublicProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future | None = None
         self._loop = asyncio.get_event_loop()
+        self.last_read = self._loop.time()
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +91,7 @@ class PublicProtocol(asyncio.Protocol):
         self._arm_timer(self.settings.head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self._loop.time()
         if self.upgraded is not None:
             self.upgraded.receive_body(data)
             return
@@ -189,6 +192,8 @@ class PublicProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
+        if self.parser.get_method() not in (b"GET", b"HEAD"):  # a body may follow: watch its progress
+            self._timer = self._loop.call_later(self.settings.body_timeout, self._check_body)
         parser = self.parser
         exchange = self.parsing
         exchange.method = parser.get_method().decode("ascii")
@@ -268,6 +273,23 @@ class PublicProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _check_body(self) -> None:
+        """A request body that stalls for ``body_timeout`` (while we are not the ones holding it
+        back) is cut off: 408 if no response has started, else the connection is aborted."""
+        self._timer = None
+        if self.closed:
+            return
+        exchange = self.exchanges[0] if self.exchanges else self.parsing
+        if exchange is None or exchange.request_done or exchange.upgrade:
+            return
+        idle = self._loop.time() - self.last_read
+        if self._read_pause or idle < self.settings.body_timeout:
+            delay = self.settings.body_timeout - (0 if self._read_pause else idle)
+            self._timer = self._loop.call_later(max(delay, 1.0), self._check_body)
+            return
+        exchange.close_after = True
+        exchange.fail(RequestTimeout(f"the request body made no progress for {idle:.0f} s"))
 
     def _timed_out(self) -> None:
         self._timer = None
