@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from tunnel.loader import CpuLimitExceeded, Loader, Request, WorkerCode
+from tunnel.loader import CpuLimitExceeded, Loader, Request, Response, WorkerCode
 
 TRIVIAL = "export default { fetch(req) { return new Response('ok') } }"
 TYPICAL = """export default { async fetch(req, env) {
@@ -24,6 +24,7 @@ TYPICAL = """export default { async fetch(req, env) {
   if (url.pathname.startsWith('/api/')) return Response.json({path: url.pathname, q: url.searchParams.get('q')});
   return new Response('hello ' + req.headers.get('user-agent'), {headers: {'x-worker': 'typical'}});
 } }"""
+FORWARD = "export default { fetch(req, env) { return env.TUNNEL.fetch(req) } }"
 SPIN = "export default { fetch(req) { if (req.url.endsWith('/spin')) { while (true) {} } return new Response('ok') } }"
 
 
@@ -54,10 +55,45 @@ def proc_cpu_s(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def factory_for(src: str):
+def factory_for(src: str, env: dict | None = None):
     async def factory() -> WorkerCode:
-        return WorkerCode("2026-11-01", "index.js", {"index.js": src})
+        return WorkerCode("2026-11-01", "index.js", {"index.js": src}, env=env)
     return factory
+
+
+class _Stream:
+    """A streaming body that is never read (like the edge's origin stream)."""
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Origin:
+    """The TUNNEL binding of the edge, minus the network: answers with a streaming body."""
+
+    HEADERS = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "1024"), ("Server", "origin"),
+               ("Date", "Fri, 27 Nov 2026 08:00:00 GMT"), ("Cache-Control", "no-cache"), ("ETag", '"abc123"')]
+
+    async def fetch(self, request, opts=None):
+        return Response(200, list(self.HEADERS), body=_Stream())
+
+
+# what the edge hands to a tunnel's worker for a 1 KiB GET (headers as a list of pairs, cf, empty body)
+EDGE_HEADERS = [("Host", "web.localhost"), ("User-Agent", "wrk/4.2"), ("Accept", "*/*"),
+                ("Accept-Encoding", "gzip"), ("X-Forwarded-For", "192.0.2.10"), ("X-Forwarded-Proto", "http"),
+                ("X-Request-Id", "0123456789abcdef")]
+
+
+def edge_request() -> Request:
+    return Request("GET", "http://web.localhost/index.html", headers=EDGE_HEADERS, body=b"",
+                   cf={"clientIp": "192.0.2.10", "requestId": "0123456789abcdef", "edgeExchange": 17,
+                       "tunnel": "web", "scheme": "http"})
 
 
 async def cold(n: int) -> None:
@@ -74,19 +110,24 @@ async def cold(n: int) -> None:
             print(f"cold load, {label:24s} n={n}: p50 {ms(pct(times, 50))}  p99 {ms(pct(times, 99))}")
 
 
-async def warm(n: int, concurrency: int) -> None:
+async def warm(n: int, concurrency: int, only: str | None = None) -> None:
     async with Loader(shards=1) as ld:
-        for label, src, req in (
-            ("trivial", TRIVIAL, Request("GET", "http://web.localhost/x")),
-            ("typical", TYPICAL, Request("GET", "http://web.localhost/api/x?q=1", headers={"user-agent": "b"})),
+        for label, src, make, env in (
+            ("trivial", TRIVIAL, lambda: Request("GET", "http://web.localhost/x"), None),
+            ("typical", TYPICAL, lambda: Request("GET", "http://web.localhost/api/x?q=1", headers={"user-agent": "b"}),
+             None),
+            # the edge's hot path: a fresh request as the edge builds it, env.TUNNEL.fetch, a streaming answer
+            ("forward", FORWARD, edge_request, {"TUNNEL": Origin()}),
         ):
-            stub = ld.get(label, factory_for(src))
+            if only and label != only:
+                continue
+            stub = ld.get(label, factory_for(src, env))
             for _ in range(200):
-                await (await stub.fetch(req)).read()
+                await stub.fetch(make())
             times = []
             for _ in range(n):
                 t = time.perf_counter()
-                await stub.fetch(req)
+                await stub.fetch(make())
                 times.append(time.perf_counter() - t)
             print(f"warm request, {label:8s} sequential n={n}: p50 {us(pct(times, 50))}  p99 {us(pct(times, 99))}  "
                   f"({1 / statistics.mean(times):,.0f} req/s one at a time)")
@@ -94,7 +135,7 @@ async def warm(n: int, concurrency: int) -> None:
 
             async def client() -> None:
                 for _ in range(per):
-                    await stub.fetch(req)
+                    await stub.fetch(make())
             pid = ld.stats()["shards"][0]["pid"]
             c0, p0, t = proc_cpu_s(pid), time.process_time(), time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -105,6 +146,8 @@ async def warm(n: int, concurrency: int) -> None:
             print(f"warm request, {label:8s} {concurrency} concurrent, one shard: {total / dt:,.0f} req/s wall; CPU per "
                   f"request: shard {shard_us:.0f} µs + event-loop process {loop_us:.0f} µs "
                   f"(= {1e6 / (shard_us + loop_us):,.0f} req/s per core)")
+        if only:
+            return
         stub = ld.get("trivial", factory_for(TRIVIAL))
         f = factory_for(TRIVIAL)
         t = time.perf_counter()
@@ -166,9 +209,13 @@ async def runaway(seconds: float) -> None:
               f"p50 {ms(pct(lat, 50))} p99 {ms(pct(lat, 99))} max {ms(max(lat))}; event-loop lag max {ms(max(lags))}")
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, only: str | None = None) -> None:
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, event loop: {loop}")
+    if only:
+        for _ in range(3):
+            await warm(2000 if quick else 10000, 32, only)
+        return
     await cold(50 if quick else 200)
     await warm(2000 if quick else 10000, 32)
     await memory([1, 100] if quick else [1, 100, 1000])
@@ -178,6 +225,8 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--only", choices=("trivial", "typical", "forward"),
+                        help="only the warm-request lines of this worker, three times")
     parser.add_argument("--asyncio", action="store_true", help="use the default asyncio loop instead of uvloop")
     args = parser.parse_args()
     if not args.asyncio:
@@ -186,4 +235,4 @@ if __name__ == "__main__":
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
-    asyncio.run(main(args.quick))
+    asyncio.run(main(args.quick, args.only))
