@@ -111,15 +111,12 @@ class Child:
         if t == "req":
             self.run(m["wid"], m["rid"], blob.decode("utf-8", "surrogatepass"), None, out, js)
         elif t == "done":
+            # blob: the runtime's message (ASCII JSON, n bytes), then the payload if "p" says so
+            n = m["n"]
             payload = None
             if "p" in m:
-                payload = blob.decode("utf-8", "replace") if m["p"] == "text" else blob.decode("latin-1")
-            msg = {"t": "done", "id": m["id"], "ok": m["ok"]}
-            if "v" in m:
-                msg["v"] = m["v"]
-            if "e" in m:
-                msg["e"] = m["e"]
-            self.run(m["wid"], m["rid"], json.dumps(msg), payload, out, js)
+                payload = blob[n:].decode("utf-8", "replace") if m["p"] == "text" else blob[n:].decode("latin-1")
+            self.run(m["wid"], m["rid"], blob[:n].decode("latin-1"), payload, out, js)
         elif t == "load":
             self.load(m, blob, out)
         elif t == "drop":

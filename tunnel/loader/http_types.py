@@ -19,6 +19,7 @@ Body = Union[bytes, bytearray, memoryview, AsyncIterable[bytes], None]
 HeadersInit = Union[Mapping[str, str], Iterable[tuple[str, str]], CIMultiDict, None]
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+_STR = {str}
 
 
 class BodyTooLarge(ValueError):
@@ -37,6 +38,15 @@ def make_headers(init: HeadersInit) -> CIMultiDict:
     """
     if init is None:
         return CIMultiDict()
+    # fast path (C): a mapping (CIMultiDict, dict) or a list of pairs whose values are all str already
+    if isinstance(init, (list, tuple, Mapping)):
+        try:
+            headers = CIMultiDict(init)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if set(map(type, headers.values())) <= _STR:
+                return headers
     if isinstance(init, Mapping):
         return CIMultiDict((str(k), str(v)) for k, v in init.items())
     return CIMultiDict((str(k), str(v)) for k, v in init)

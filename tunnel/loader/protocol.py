@@ -13,6 +13,9 @@ import struct
 
 _HEAD = struct.Struct(">II")
 MAX_FRAME = 256 * 1024 * 1024
+# built once: json.dumps/json.loads with non-default arguments build a new encoder per call
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.JSONDecoder().decode
 
 
 class ProtocolError(Exception):
@@ -28,7 +31,7 @@ def encode(header: dict, blob: bytes = b"") -> bytes:
     Returns:
         The frame bytes.
     """
-    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    h = _dumps(header).encode("utf-8", "surrogatepass")
     return _HEAD.pack(4 + len(h) + len(blob), len(h)) + h + blob
 
 
@@ -57,7 +60,7 @@ class FrameBuffer:
                 break
             start = pos + 8
             try:
-                header = json.loads(bytes(buf[start:start + hlen]).decode("utf-8", "surrogatepass"))
+                header = _loads(buf[start:start + hlen].decode("utf-8", "surrogatepass"))
             except ValueError as exc:
                 raise ProtocolError(f"bad frame header: {exc}") from None
             if not isinstance(header, dict):

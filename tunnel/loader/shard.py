@@ -207,7 +207,7 @@ class Shard:
             if inst is None:
                 continue
             try:
-                events = json.loads(blob[off:off + n])
+                events = _loads(blob[off:off + n].decode("utf-8", "surrogatepass"))
                 for ev in events:
                     self._js_event(inst, rid, ev)
             except Exception:  # hostile code controls this text: never let it break the loop
@@ -307,7 +307,15 @@ class Shard:
     async def _op(self, inst: Instance, ev: dict) -> None:
         reply, blob = await run_op(inst, ev, self.limits.max_body_bytes)
         if inst.alive and self.transport is not None:
-            self._send(reply, blob, inst.wid, ev["rid"])
+            # the runtime's message travels as ready JSON text in the blob (before the payload), so
+            # the shard hands it to JavaScript without parsing and re-encoding it
+            rid, p = reply.pop("rid"), reply.pop("p", None)
+            del reply["wid"]
+            text = _dumps(reply).encode("ascii")
+            header = {"t": "done", "wid": inst.wid, "rid": rid, "n": len(text)}
+            if p is not None:
+                header["p"] = p
+            self._send(header, text + blob if blob else text, inst.wid, rid)
 
     # ------------------------------------------------------------------ public
     async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
@@ -365,10 +373,10 @@ class Shard:
         if not body_is_empty(request.body):
             body = {"h": add_handle(inst, request.body, rid)}
         wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
-                                                "headers": [[k, v] for k, v in request.headers.items()],
+                                                "headers": list(request.headers.items()),
                                                 "cf": request.cf, "body": body}}
         try:
-            self._send({"t": "req", "wid": inst.wid, "rid": rid}, json.dumps(wire).encode(), inst.wid, rid)
+            self._send({"t": "req", "wid": inst.wid, "rid": rid}, _dumps(wire).encode("ascii"), inst.wid, rid)
         except WorkerError:
             inst.inflight.pop(rid, None)
             raise
@@ -391,6 +399,8 @@ class Shard:
 
 
 _SEQ = struct.Struct("<Q")
+_loads = json.JSONDecoder().decode
+_dumps = json.JSONEncoder().encode  # ASCII JSON: what reaches JavaScript never carries a lone surrogate
 
 
 def _shared_word() -> int:
