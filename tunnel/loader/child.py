@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from . import linker
 from .engine import Isolate, IsolateFailure, enable_bytecode, syntax_details
-from .protocol import FrameBuffer, encode
+from .protocol import _HEAD, FrameBuffer, encode
 
 _MEM_EVERY = 64
 _PLAN_CACHE = 256
@@ -135,7 +135,12 @@ def reply(seq: int, out: list, js: list) -> bytes:
         index.append((wid, rid, off, len(data)))
         parts.append(data)
         off += len(data)
-    return encode({"ack": seq, "ev": out, "js": index}, b"".join(parts))
+    blob = b"".join(parts)
+    if out:
+        return encode({"ack": seq, "ev": out, "js": index}, blob)
+    # the usual answer (runtime events only): the header is formatted from integers, not dumped
+    h = b'{"ack":%d,"ev":[],"js":[%b]}' % (seq, b",".join([b"[%d,%d,%d,%d]" % i for i in index]))
+    return b"".join((_HEAD.pack(4 + len(h) + len(blob), len(h)), h, blob))
 
 
 def main(fd: int, current_fd: int = -1) -> None:

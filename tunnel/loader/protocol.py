@@ -35,6 +35,18 @@ def encode(header: dict, blob: bytes = b"") -> bytes:
     return _HEAD.pack(4 + len(h) + len(blob), len(h)) + h + blob
 
 
+def encode_hot(kind: bytes, wid: int, rid: int, seq: int, blob: bytes, extra: bytes = b"") -> bytes:
+    """Encode a ``req``/``done`` frame without going through ``json``: the header is
+    ``{"t":kind,"wid":wid,"rid":rid<extra>,"seq":seq}`` formatted from integers (same JSON as
+    ``encode`` gives).
+
+    Args:
+        kind: ``b"req"`` or ``b"done"``. extra: further members, already JSON (``b',"n":12'``).
+    """
+    h = b'{"t":"%b","wid":%d,"rid":%d%b,"seq":%d}' % (kind, wid, rid, extra, seq)
+    return b"".join((_HEAD.pack(4 + len(h) + len(blob), len(h)), h, blob))
+
+
 class FrameBuffer:
     """Accumulates bytes and yields complete frames as ``(header, blob)`` pairs."""
 

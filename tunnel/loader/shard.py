@@ -26,7 +26,7 @@ from typing import Callable
 from .bridge import Instance, Limits, Req, add_handle, release_handles, response_from_wire, run_op
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
-from .protocol import FrameBuffer, ProtocolError, encode
+from .protocol import FrameBuffer, ProtocolError, encode, encode_hot
 
 log = logging.getLogger("tunnel.loader")
 worker_log = logging.getLogger("tunnel.loader.worker")
@@ -189,6 +189,16 @@ class Shard:
         self.sent.append((self.seq, wid, rid))
         self.transport.write(encode(header, blob))
 
+    def _send_hot(self, kind: bytes, wid: int, rid: int, blob: bytes, extra: bytes = b"") -> None:
+        """``_send`` for ``req``/``done`` (the per-request messages): the header is formatted, not dumped."""
+        if self.transport is None:
+            raise WorkerUnavailable(f"shard {self.index} is not running", js_name="Error", js_message="shard down")
+        if self.seq == self.acked:
+            self.last_progress = time.monotonic()
+        seq = self.seq = self.seq + 1
+        self.sent.append((seq, wid, rid))
+        self.transport.write(encode_hot(kind, wid, rid, seq, blob, extra))
+
     def _frame(self, header: dict, blob: bytes) -> None:
         self.last_progress = time.monotonic()
         ack = header.get("ack", 0)
@@ -312,10 +322,8 @@ class Shard:
             rid, p = reply.pop("rid"), reply.pop("p", None)
             del reply["wid"]
             text = _dumps(reply).encode("ascii")
-            header = {"t": "done", "wid": inst.wid, "rid": rid, "n": len(text)}
-            if p is not None:
-                header["p"] = p
-            self._send(header, text + blob if blob else text, inst.wid, rid)
+            extra = b',"n":%d' % len(text) if p is None else b',"n":%d,"p":"%b"' % (len(text), p.encode())
+            self._send_hot(b"done", inst.wid, rid, text + blob if blob else text, extra)
 
     # ------------------------------------------------------------------ public
     async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
@@ -376,7 +384,7 @@ class Shard:
                                                 "headers": list(request.headers.items()),
                                                 "cf": request.cf, "body": body}}
         try:
-            self._send({"t": "req", "wid": inst.wid, "rid": rid}, _dumps(wire).encode("ascii"), inst.wid, rid)
+            self._send_hot(b"req", inst.wid, rid, _dumps(wire).encode("ascii"))
         except WorkerError:
             inst.inflight.pop(rid, None)
             raise
