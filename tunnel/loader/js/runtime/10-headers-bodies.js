@@ -8,8 +8,11 @@
     if (!TOKEN.test(n)) throw new TypeError(`Invalid header name: '${n}'`);
     return n.toLowerCase();
   }
+  const VALUE_SLOW = /^[\t\n\r ]|[\t\n\r ]$|[\0\r\n]/;  // needs trimming or is invalid: the rare case
   function normValue(v) {
-    v = String(v).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, '');
+    v = String(v);
+    if (!VALUE_SLOW.test(v)) return v;
+    v = v.replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, '');
     if (/[\0\r\n]/.test(v)) throw new TypeError('Invalid header value.');
     return v;
   }
@@ -19,11 +22,18 @@
     for (let i = 0; i < list.length; i++) if (list[i][0] === 'content-type') return;
     list.push(['content-type', type]);
   }
+  // The methods below are plain loops over #list (no filter/map closures): they run on every
+  // request of a policy worker. #list is never shared between two Headers, so it is edited in place.
   class Headers {
     #list = [];
     constructor(init) {
       if (init == null) return;
-      if (init instanceof Headers) { this.#list = init.#list.map((p) => [p[0], p[1]]); return; }
+      if (init instanceof Headers) {
+        const src = init.#list, n = src.length, list = new Array(n);
+        for (let i = 0; i < n; i++) list[i] = [src[i][0], src[i][1]];
+        this.#list = list;
+        return;
+      }
       if (typeof init !== 'object') throw new TypeError('Failed to construct Headers: invalid init');
       if (typeof init[Symbol.iterator] === 'function') {
         for (const pair of init) {
@@ -36,21 +46,41 @@
       }
     }
     append(name, value) { this.#list.push([normName(name), normValue(value)]); }
-    delete(name) { const n = normName(name); this.#list = this.#list.filter((p) => p[0] !== n); }
-    get(name) {
-      const n = normName(name);
-      const vals = this.#list.filter((p) => p[0] === n).map((p) => p[1]);
-      return vals.length ? vals.join(', ') : null;
+    delete(name) {
+      const n = normName(name), list = this.#list;
+      let j = 0;
+      for (let i = 0; i < list.length; i++) if (list[i][0] !== n) list[j++] = list[i];
+      list.length = j;
     }
-    getAll(name) { const n = normName(name); return this.#list.filter((p) => p[0] === n).map((p) => p[1]); }
-    getSetCookie() { return this.#list.filter((p) => p[0] === 'set-cookie').map((p) => p[1]); }
-    has(name) { const n = normName(name); return this.#list.some((p) => p[0] === n); }
+    get(name) {
+      const n = normName(name), list = this.#list;
+      let v = null;
+      for (let i = 0; i < list.length; i++) {
+        if (list[i][0] === n) v = v === null ? list[i][1] : [v, list[i][1]].join(', ');
+      }
+      return v;
+    }
+    getAll(name) { return this.#all(normName(name)); }
+    getSetCookie() { return this.#all('set-cookie'); }
+    #all(n) {
+      const list = this.#list, out = [];
+      for (let i = 0; i < list.length; i++) if (list[i][0] === n) out.push(list[i][1]);
+      return out;
+    }
+    has(name) {
+      const n = normName(name), list = this.#list;
+      for (let i = 0; i < list.length; i++) if (list[i][0] === n) return true;
+      return false;
+    }
     set(name, value) {
-      const n = normName(name), v = normValue(value);
-      const i = this.#list.findIndex((p) => p[0] === n);
-      if (i < 0) { this.#list.push([n, v]); return; }
-      this.#list[i][1] = v;
-      this.#list = this.#list.filter((p, j) => j <= i || p[0] !== n);
+      const n = normName(name), v = normValue(value), list = this.#list;
+      let i = 0;
+      while (i < list.length && list[i][0] !== n) i++;
+      if (i === list.length) { list.push([n, v]); return; }
+      list[i][1] = v;
+      let j = i + 1;
+      for (let k = i + 1; k < list.length; k++) if (list[k][0] !== n) list[j++] = list[k];
+      list.length = j;
     }
     *entries() {
       const names = [...new Set(this.#list.map((p) => p[0]))].sort();
@@ -66,7 +96,16 @@
     get [Symbol.toStringTag]() { return 'Headers'; }
     static {  // private accessors for the wire code below; not reachable from worker code
       headerPairs = (h) => h.#list;
-      headersFromPairs = (pairs) => { const h = new Headers(); h.#list = pairs.map((p) => [String(p[0]).toLowerCase(), String(p[1])]); return h; };
+      headersFromPairs = (pairs) => {  // pairs: fresh from JSON.parse, owned here, lower-cased in place
+        for (let i = 0; i < pairs.length; i++) {
+          const p = pairs[i];
+          p[0] = String(p[0]).toLowerCase();
+          if (typeof p[1] !== 'string') p[1] = String(p[1]);
+        }
+        const h = new Headers();
+        h.#list = pairs;
+        return h;
+      };
     }
   }
 

@@ -3,9 +3,16 @@
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- Request / Response
   const METHODS = ['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH'];
+  let urlIn = null, urlOut = null, urlCtor = null;  // the last URL checked: new Request(request, …) repeats it
   function checkUrl(u) {
     u = String(u);
-    if (G.URL) return new G.URL(u).href;
+    const U = G.URL;
+    if (U) {
+      if (u === urlIn && U === urlCtor) return urlOut;
+      const href = new U(u).href;
+      urlIn = u; urlOut = href; urlCtor = U;
+      return href;
+    }
     if (!/^[A-Za-z][A-Za-z0-9+.-]*:/.test(u)) throw new TypeError(`Invalid URL: ${u}`);
     return u;
   }

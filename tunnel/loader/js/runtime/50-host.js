@@ -40,7 +40,10 @@
       p = handler.fetch(reqFromWire(m.req), env, new ExecutionContext(waits));
       if (p instanceof Response) { respond(rid, p, waits); return; }
     } catch (e) { failed(rid, e, waits); return; }
-    Promise.resolve(p).then((r) => respond(rid, r, waits)).catch((e) => failed(rid, e, waits));
+    // one reaction for both outcomes (a trailing .catch() would cost one more job per request)
+    Promise.resolve(p).then((r) => {
+      try { respond(rid, r, waits); } catch (e) { failed(rid, e, waits); }
+    }, (e) => failed(rid, e, waits));
   }
   function host(json, payload) {
     const m = JSON.parse(json);
