@@ -191,3 +191,34 @@ async def test_expect_continue(web_tunnel):
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 200 OK")
     writer.close()
+
+
+async def test_bytes_after_an_upgrade_head_wait_for_101(edge):
+    """An origin that ignores Upgrade must never read the client's next bytes as a request:
+    they would not have passed the edge (routing, policy, X-Forwarded-For)."""
+    seen: list[bytes] = []
+
+    async def origin(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+        try:
+            seen.append(await asyncio.wait_for(reader.read(1000), 1.0))
+        except asyncio.TimeoutError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    try:
+        await edge.tunnel("smuggle", "s.localhost", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+        writer.write(b"GET /public HTTP/1.1\r\nHost: s.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                     b"GET /admin HTTP/1.1\r\nHost: s.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"no")
+        await asyncio.sleep(1.2)
+        assert b"/admin" not in b"".join(seen)
+    finally:
+        server.close()

@@ -30,7 +30,7 @@ class OriginExchange:
     __slots__ = ("session", "stream_id", "head", "origin", "pool", "timeout", "conn", "buffered",
                  "request_done", "request_written", "chunked", "unacked", "response_started",
                  "response_done", "pending", "end_pending", "timer", "close_delimited", "retried",
-                 "cancelled", "keep_alive", "loop", "body_written")
+                 "cancelled", "keep_alive", "loop", "body_written", "switched")
 
     def __init__(self, session: "ConnectorSession", stream_id: int, head: RequestHead, end_stream: bool,
                  origin: Origin, pool: OriginPool, timeout: float):
@@ -56,6 +56,7 @@ class OriginExchange:
         self.cancelled = False
         self.keep_alive = True
         self.body_written = 0
+        self.switched = False  # an upgrade the origin accepted (101)
         self.loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------ start
@@ -91,6 +92,8 @@ class OriginExchange:
             headers = headers + [("Transfer-Encoding", "chunked")]
             self.chunked = True
         conn.write(http1.head_bytes(f"{head.method} {head.target} HTTP/1.1", headers))
+        if head.upgrade:
+            return  # raw bytes wait for the origin's 101 (origin_head)
         buffered, self.buffered = self.buffered, []
         for data in buffered:
             self._write_body(data)
@@ -102,13 +105,13 @@ class OriginExchange:
         if self.cancelled:
             return
         if data:
-            if self.conn is None:
-                self.buffered.append(data)
+            if self.conn is None or (self.head.upgrade and not self.switched):
+                self.buffered.append(data)  # bounded by the stream window: no credit is returned
             else:
                 self._write_body(data)
         if end_stream:
             self.request_done = True
-            if self.conn is not None:
+            if self.conn is not None and (not self.head.upgrade or self.switched):
                 self._finish_request()
 
     def _write_body(self, data: bytes) -> None:
@@ -144,8 +147,12 @@ class OriginExchange:
     # ------------------------------------------------------------------ response (from the origin)
     def origin_head(self, status: int, reason: str, headers: list[tuple[str, str]], keep_alive: bool) -> None:
         self._cancel_timer()
+        if status == 101 and not self.head.upgrade:
+            self.keep_alive = False
+            self._fail(ErrorCode.ORIGIN_UNREACHABLE, "the origin switched protocols on a request that did not ask to")
+            return
         self.response_started = True
-        self.keep_alive = keep_alive
+        self.keep_alive = keep_alive and not self.head.upgrade
         upgrade = status == 101 and self.head.upgrade
         out = http1.strip_hop_by_hop(headers, keep_upgrade=upgrade)
         has_body = http1.response_has_body(self.head.method, status)
@@ -153,12 +160,20 @@ class OriginExchange:
             self.close_delimited = (http1.get_header(headers, "content-length") is None
                                     and http1.get_header(headers, "transfer-encoding") is None)
         end = not has_body and not upgrade
+        if upgrade:
+            self.switched = True
         try:
             self.session.conn.send_response(self.stream_id, ResponseHead(status, reason, out), end_stream=end)
         except HeadersTooLarge as exc:
             self.response_started = False
             self._fail(ErrorCode.ORIGIN_UNREACHABLE, f"the origin's {exc}")
             return
+        if upgrade:  # now the client's raw bytes may flow
+            buffered, self.buffered = self.buffered, []
+            for data in buffered:
+                self._write_body(data)
+            if self.request_done:
+                self._finish_request()
         self.session.flush_soon()
         if end:
             self.response_done = True

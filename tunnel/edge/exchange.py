@@ -48,7 +48,7 @@ class Exchange:
                  "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
                  "awaiting_request_end", "retried", "tunnel", "stats", "started_at", "status",
                  "edge_reason", "bytes_out", "recorded", "target", "content_length", "client_body",
-                 "pending_call", "worker_task", "body_waiter")
+                 "pending_call", "worker_task", "body_waiter", "upgrade_refused")
 
     def __init__(self, proto: "PublicProtocol"):
         self.proto = proto
@@ -90,6 +90,7 @@ class Exchange:
         self.pending_call = None  # worker mode: the last tunnel call made for this request
         self.worker_task = None
         self.body_waiter = None
+        self.upgrade_refused = False
 
     # ------------------------------------------------------------------ request side
     def start(self) -> None:
@@ -185,11 +186,19 @@ class Exchange:
 
     def receive_body(self, data: bytes) -> None:
         """Request body bytes from the client (or raw bytes after an upgrade)."""
-        if self.response_done and not self.upgraded:
+        if (self.response_done and not self.upgraded) or self.upgrade_refused:
             return
         self.body_size += len(data)
         if not self.upgrade and self.body_size > self.proto.settings.max_body_size:
             self.fail(BodyTooLarge(f"the body is larger than {self.proto.settings.max_body_size} bytes"))
+            return
+        if self.upgrade and not self.upgraded:
+            # Bytes after an upgrade head wait for the origin's 101: sent earlier, an origin that
+            # ignores Upgrade would read them as a request that never passed the edge.
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > _UPLOAD_BUFFER:
+                self.proto.pause_reading("upload")
             return
         if self.started and not self.pending:
             taken = self.session.conn.send_data(self.stream_id, data)
@@ -228,6 +237,8 @@ class Exchange:
             self.session.flush_soon()
 
     def _pump(self) -> None:
+        if self.upgrade and not self.upgraded:
+            return  # held until the origin switches protocols (see receive_body)
         conn = self.session.conn
         pending = self.pending
         while pending:
@@ -297,16 +308,18 @@ class Exchange:
                 headers.append(("Connection", "Upgrade"))
             proto.write(http1.head_bytes(f"HTTP/1.1 101 {reason or 'Switching Protocols'}", headers))
             self.upgraded = True
-            proto.upgraded = self
             self.keep_alive = False
             if self.pending:
                 self._pump()
             elif self.request_done and not self.request_ended:
                 self.client_eof()
             return
-        if self.upgrade:
+        if self.upgrade:  # the origin refused the upgrade: drop the client's raw bytes, then close
             self.close_after = True
             self.upgrade = False
+            self.upgrade_refused = True
+            self.pending.clear()
+            self.pending_size = 0
         if http1.response_has_body(self.method, status) and not has_length:
             if self.version == "1.1":
                 headers.append(("Transfer-Encoding", "chunked"))

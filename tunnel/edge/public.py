@@ -73,7 +73,7 @@ class PublicProtocol(asyncio.Protocol):
         self.peer_ip = ""
         self.exchanges: deque[Exchange] = deque()  # parsed requests; [0] is being answered
         self.parsing: Exchange | None = None
-        self.upgraded: Exchange | None = None
+        self.raw: Exchange | None = None  # bytes after an upgrade head go here, not to the parser
         self.write_paused = False
         self.closed = False
         self._read_pause: set[str] = set()
@@ -92,8 +92,8 @@ class PublicProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self._loop.time()
-        if self.upgraded is not None:
-            self.upgraded.receive_body(data)
+        if self.raw is not None:
+            self.raw.receive_body(data)
             return
         try:
             self.parser.feed_data(data)
@@ -101,7 +101,7 @@ class PublicProtocol(asyncio.Protocol):
             offset = upgrade.args[0]
             exchange = self.exchanges[-1] if self.exchanges else None
             if exchange is not None and exchange.upgrade:
-                self.upgraded = exchange
+                self.raw = exchange
                 if offset < len(data):
                     exchange.receive_body(data[offset:])
         except httptools.HttpParserCallbackError as exc:
@@ -115,8 +115,8 @@ class PublicProtocol(asyncio.Protocol):
             self._reject(BadRequest(f"malformed HTTP request: {exc}"))
 
     def eof_received(self) -> bool | None:
-        if self.upgraded is not None:
-            self.upgraded.client_eof()
+        if self.raw is not None:
+            self.raw.client_eof()
             # Keep writing what the origin still sends (TLS transports cannot half-close).
             return self.scheme == "http"
         return None
@@ -147,7 +147,7 @@ class PublicProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
-        active = self.upgraded or (self.exchanges[0] if self.exchanges else None)
+        active = self.exchanges[0] if self.exchanges else self.raw
         if active is not None:
             active.grant_credit()
 
@@ -157,7 +157,7 @@ class PublicProtocol(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """Whether a request on this connection is in flight (or it is an upgraded relay)."""
-        return bool(self.exchanges) or self.upgraded is not None or self.parsing is not None
+        return bool(self.exchanges) or self.raw is not None or self.parsing is not None
 
     def close_if_idle(self) -> None:
         """Drain: close a keep-alive connection that waits for its next request."""
@@ -293,6 +293,6 @@ class PublicProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if not self.closed and not self.exchanges and self.upgraded is None:
+        if not self.closed and not self.exchanges and self.raw is None:
             self.transport.close()
             self.closed = True
