@@ -169,3 +169,48 @@ async def test_a_slow_but_moving_body_is_not_cut_off(edge, origin):
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_header_line_that_never_ends_is_bounded(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Endless: ".encode())
+    answer = b""
+    try:
+        for _ in range(64):  # at most 4 MiB, never a line end
+            writer.write(b"a" * 65536)
+            await writer.drain()
+            await asyncio.sleep(0)
+    except ConnectionError:
+        pass
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"head-too-large" in answer
+
+
+async def test_two_host_headers_are_refused(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"GET /small HTTP/1.1\r\nHost: {HOST}\r\nHost: other.localhost\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"more than one Host" in answer
+
+
+async def test_absolute_form_targets_are_routed_by_their_authority(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"GET http://{HOST}/echo?x=1 HTTP/1.1\r\nHost: nobody.localhost\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"/echo?x=1"' in answer
+
+
+async def test_a_half_closed_client_still_gets_its_answer(edge, origin):
+    await edge.tunnel("web", HOST, origin.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+    writer.write(f"GET /small HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and len(answer) > 1024

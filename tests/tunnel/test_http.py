@@ -81,7 +81,7 @@ async def test_every_method(web_tunnel, client, method):
 async def test_forwarding_headers_request_id_and_hop_by_hop(web_tunnel, client):
     status, headers, body = await fetch(
         client, web_tunnel.public, "/echo", HOST,
-        headers={"X-Forwarded-For": "6.6.6.6", "Connection": "keep-alive, X-Secret-Hop",
+        headers={"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6", "Connection": "keep-alive, X-Secret-Hop",
                  "X-Secret-Hop": "1", "Keep-Alive": "timeout=5", "X-Request-Id": "client-id-42",
                  "X-Custom": "kept"})
     seen = {k.lower(): v for k, v in __import__("json").loads(body)["headers"]}
@@ -91,6 +91,7 @@ async def test_forwarding_headers_request_id_and_hop_by_hop(web_tunnel, client):
     assert seen["x-request-id"] == "client-id-42"
     assert seen["x-custom"] == "kept"
     assert "x-secret-hop" not in seen and "keep-alive" not in seen
+    assert "forwarded" not in seen and "x-real-ip" not in seen
     assert headers["X-Request-Id"] == "client-id-42"
     # A malformed request id is replaced by a generated one.
     _, headers, body = await fetch(client, web_tunnel.public, "/echo", HOST, headers={"X-Request-Id": "bad id\t!"})

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _UPLOAD_BUFFER = 256 * 1024  # request bytes held at the edge before the client is paused
 _DROP_REQUEST = frozenset({"expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto",
-                           "x-forwarded-host"})
+                           "x-forwarded-host", "forwarded", "x-real-ip"})  # the edge vouches for these
 _DROP_RESPONSE = frozenset({"tunnel-error", "x-request-id"})
 #: Requests that may be sent again on another connection when theirs died before any answer.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -100,10 +100,12 @@ class Exchange:
         settings = proto.settings
         headers = self.headers
         host = content_length = transfer_encoding = expect = client_rid = forwarded_for = None
+        hosts = 0
         for name, value in headers:
             lname = name.lower()
             if lname == "host":
                 host = value
+                hosts += 1
             elif lname == "content-length":
                 content_length = value
             elif lname == "transfer-encoding":
@@ -121,7 +123,17 @@ class Exchange:
         self.has_body = self.upgrade or transfer_encoding is not None or (
             content_length is not None and content_length.strip() not in ("", "0"))
         stub = session = None
+        target = self.url.decode("latin-1")
+        if not target.startswith("/") and "://" in target:  # absolute-form: its authority is the host
+            rest = target.split("://", 1)[1]
+            host, _, path = rest.partition("/")
+            target = "/" + path
+            headers = self.headers = [(n, v) for n, v in headers if n.lower() != "host"] + [("Host", host)]
+            hosts = 1
+        self.target = target
         try:
+            if hosts > 1:  # RFC 9112 §3.2: the edge and the connector must not pick different ones
+                raise BadRequest("the request has more than one Host header")
             if not host:
                 raise BadRequest("the request has no Host header")
             found = settings.routing.lookup(host)
@@ -144,13 +156,10 @@ class Exchange:
                 if session is None:
                     raise NoConnector(f"tunnel {self.tunnel!r} has no connector connected right now")
         except EdgeHTTPError as error:
+            if isinstance(error, BadRequest):
+                self.close_after = True  # its framing or routing cannot be trusted
             self.fail(error)
             return
-        target = self.url.decode("latin-1")
-        if not target.startswith("/") and "://" in target:  # absolute-form
-            rest = target.split("://", 1)[1]
-            target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
-        self.target = target
         fwd = http1.strip_hop_by_hop(headers, keep_upgrade=self.upgrade, also=_DROP_REQUEST)
         peer = proto.peer_ip
         if forwarded_for and settings.trusts(peer):
@@ -442,7 +451,7 @@ class Exchange:
         """308 to the same URL over HTTPS (a tunnel configured ``https_only``)."""
         port = self.proto.settings.https_port
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        location = f"https://{name}{'' if port == 443 else f':{port}'}{self.url.decode('latin-1')}"
+        location = f"https://{name}{'' if port == 443 else f':{port}'}{self.target}"
         if not self.request_done and self.has_body:
             self.close_after = True
         headers = [("Location", location), ("Content-Length", "0"), ("X-Request-Id", self.request_id)]

@@ -76,6 +76,10 @@ class PublicProtocol(asyncio.Protocol):
         self.raw: Exchange | None = None  # bytes after an upgrade head go here, not to the parser
         self.write_paused = False
         self.closed = False
+        self.half_closed = False
+        self.lingering = False
+        self.in_head = True  # between requests or inside a request head
+        self.head_bytes = 0
         self._read_pause: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future | None = None
@@ -92,11 +96,20 @@ class PublicProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self._loop.time()
+        if self.lingering:
+            return  # closing: what the client still sends is read and dropped
         if self.raw is not None:
             self.raw.receive_body(data)
             return
+        in_head = self.in_head
         try:
             self.parser.feed_data(data)
+            if in_head and self.in_head:
+                # httptools buffers a header line until its end, so on_header alone cannot bound a
+                # head that never ends: count what arrives while the head is incomplete.
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_SIZE + 1024 and not self.closed:
+                    self._reject(HeadTooLarge(f"the request head exceeds {MAX_HEAD_SIZE // 1024} KiB"))
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             exchange = self.exchanges[-1] if self.exchanges else None
@@ -115,10 +128,16 @@ class PublicProtocol(asyncio.Protocol):
             self._reject(BadRequest(f"malformed HTTP request: {exc}"))
 
     def eof_received(self) -> bool | None:
+        if self.lingering:
+            return None
         if self.raw is not None:
             self.raw.client_eof()
             # Keep writing what the origin still sends (TLS transports cannot half-close).
             return self.scheme == "http"
+        if self.exchanges and self.parsing is None and self.scheme == "http":
+            # The client half-closed after whole requests: answer them, then close.
+            self.half_closed = True
+            return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -192,6 +211,8 @@ class PublicProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
+        self.in_head = False
+        self.head_bytes = 0
         if self.parser.get_method() not in (b"GET", b"HEAD"):  # a body may follow: watch its progress
             self._timer = self._loop.call_later(self.settings.body_timeout, self._check_body)
         parser = self.parser
@@ -210,6 +231,7 @@ class PublicProtocol(asyncio.Protocol):
         self.parsing.receive_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_head = True
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.request_complete()
@@ -240,9 +262,12 @@ class PublicProtocol(asyncio.Protocol):
         if self.closed:
             return
         if (exchange.close_after or not exchange.keep_alive or not exchange.request_done
-                or self.settings.draining):
-            self.transport.close()
-            self.closed = True
+                or self.settings.draining or (self.half_closed and not self.exchanges)):
+            if exchange.request_done or self.half_closed:
+                self.transport.close()
+                self.closed = True
+            else:
+                self.linger()
             return
         if self.exchanges:
             self.exchanges[0].start()
@@ -251,6 +276,35 @@ class PublicProtocol(asyncio.Protocol):
         else:
             self.resume_reading("pipeline")
             self._arm_timer(self.settings.idle_timeout)
+
+    def linger(self) -> None:
+        """Close after an answer sent while the client may still be sending (a refused upload, a
+        bad head): stop writing, drop what arrives for a moment, then close. Closing at once
+        would make the kernel reset the connection, and the client could lose the answer."""
+        if self.closed or self.lingering:
+            return
+        self.lingering = True
+        self._cancel_timer()
+        for queued in self.exchanges:
+            queued.client_gone()
+        self.exchanges.clear()
+        self.resume_reading_all()
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):  # TLS cannot half-close
+            pass
+        self._timer = self._loop.call_later(2.0, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._timer = None
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def resume_reading_all(self) -> None:
+        if self._read_pause and not self.closed:
+            self._read_pause.clear()
+            self.transport.resume_reading()
 
     def _reject(self, error: EdgeHTTPError) -> None:
         """Answer a request the parser refused, then close (its framing cannot be trusted)."""
