@@ -124,14 +124,14 @@ def response_from_wire(inst: Instance, r: dict) -> Response:
     status = r["status"]
     if not isinstance(status, int) or not 0 <= status <= 999:
         raise TypeError(f"invalid status {status!r}")
-    return Response(status, _checked_headers(r["headers"]), body_from_wire(inst, r["body"]),
-                    _checked_text(r.get("statusText", ""), "statusText"))
+    return Response._checked(int(status), _checked_headers(r["headers"]), body_from_wire(inst, r["body"]),
+                             _checked_text(r.get("statusText", ""), "statusText"))
 
 
 def request_from_wire(inst: Instance, r: dict) -> Request:
     """A Python ``Request`` from its JS description. Raises ``TypeError`` on invalid fields."""
-    return Request(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"), _checked_headers(r["headers"]),
-                   body_from_wire(inst, r["body"]), r.get("cf"))
+    return Request._checked(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"),
+                            _checked_headers(r["headers"]), body_from_wire(inst, r["body"]), r.get("cf"))
 
 
 async def run_op(inst: Instance, ev: dict, max_body_bytes: int) -> tuple[dict, bytes]:

@@ -332,9 +332,11 @@ class Isolate:
             IsolateFailure: CPU limit, memory limit or another uncatchable failure; discard the isolate.
         """
         ctx = self.ctx
-        budget = self.cpu_limit_s - self.cpu_used.get(rid, 0.0)
-        clock = time.process_time
-        start = clock()
+        used = self.cpu_used
+        budget = self.cpu_limit_s - used.get(rid, 0.0)
+        clock = time.process_time  # a system call (no vDSO for CPU clocks): read it as few times as possible
+        start = now = clock()
+        ok = False
         try:
             ctx.set_time_limit(budget if budget > 0.0005 else 0.0005)
             if payload is None:
@@ -342,7 +344,8 @@ class Isolate:
             else:
                 self._host(message, payload)
             while True:
-                remaining = budget - (clock() - start)
+                now = clock()
+                remaining = budget - (now - start)
                 if remaining <= 0:
                     raise IsolateFailure("cpu", "Error", "Worker exceeded CPU time limit.")
                 ctx.set_time_limit(remaining)
@@ -350,11 +353,13 @@ class Isolate:
                     break
             ctx.set_time_limit(_NO_LIMIT)
             raw = self._flush()
+            ok = True
         except quickjs.JSException as exc:
             raise _classify(exc) from None
         finally:
-            used = self.cpu_used
-            used[rid] = used.get(rid, 0.0) + clock() - start
+            # charged: up to the last clock read (the empty job check and the runtime's own
+            # serialisation in flush after it are not the worker's code)
+            used[rid] = used.get(rid, 0.0) + (now if ok else clock()) - start
             if len(used) > _MAX_TRACKED:  # turns after a request ended (timers) are not cleaned up otherwise
                 del used[next(iter(used))]
         self.turns += 1

@@ -114,6 +114,13 @@ class Request:
         self.body = body
         self.cf = cf
 
+    @classmethod
+    def _checked(cls, method: str, url: str, headers: CIMultiDict, body: Body, cf: dict[str, Any] | None) -> "Request":
+        """A Request from parts the bridge has validated (``headers``: a new CIMultiDict it owns; no copy)."""
+        self = cls.__new__(cls)
+        self.method, self.url, self.headers, self.body, self.cf = method.upper(), url, headers, body, cf
+        return self
+
     async def read(self, max_bytes: int | None = None) -> bytes:
         """Read the whole body (see ``read_body`` for arguments and errors)."""
         return await read_body(self.body, max_bytes)
@@ -139,6 +146,13 @@ class Response:
         self.headers = make_headers(headers)
         self.body = body
         self.status_text = status_text
+
+    @classmethod
+    def _checked(cls, status: int, headers: CIMultiDict, body: Body, status_text: str) -> "Response":
+        """A Response from parts the bridge has validated (``headers``: a new CIMultiDict it owns; no copy)."""
+        self = cls.__new__(cls)
+        self.status, self.headers, self.body, self.status_text = status, headers, body, status_text
+        return self
 
     async def read(self, max_bytes: int | None = None) -> bytes:
         """Read the whole body (see ``read_body`` for arguments and errors)."""
