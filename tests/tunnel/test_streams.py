@@ -126,3 +126,36 @@ async def test_unauthenticated_connections_are_bounded(edge, monkeypatch):
     finally:
         for ws in idle:
             await ws.close()
+
+
+async def test_a_connector_cannot_send_more_than_the_response_head_announced(edge):
+    """A modified connector that answers `Content-Length: 0` and then sends a body must not be
+    able to plant a second response on the client's keep-alive connection."""
+    from tunnel.protocol import ResponseHead
+    token = edge.create_tunnel("evil", "evil.localhost")
+    async with ws_connect(edge.ws_url, compression=None) as ws:
+        conn = Connection(Role.CONNECTOR)
+        conn.send_hello(token)
+        await ws.send(conn.data_to_send())
+        assert isinstance(conn.receive(await ws.recv())[0], ev.Welcomed)
+
+        async def serve():
+            while True:
+                for event in conn.receive(await ws.recv()):
+                    if isinstance(event, ev.RequestReceived):
+                        conn.send_response(event.stream_id, ResponseHead(200, "OK", [("Content-Length", "0")]))
+                        conn.send_data(event.stream_id, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPWNED!",
+                                       end_stream=True)
+                if conn.outbound_size:
+                    await ws.send(conn.data_to_send())
+
+        server = asyncio.create_task(serve())
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge.edge.public_port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: evil.localhost\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        finally:
+            server.cancel()
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"PWNED" not in data
+    assert data.count(b"HTTP/1.1") == 1

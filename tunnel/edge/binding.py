@@ -187,6 +187,8 @@ class TunnelBinding:
         pipeline = self._pipeline
         cf = request.cf or {}
         exchange = pipeline.exchanges.get(cf.get("edgeExchange"))
+        if exchange is not None and exchange.tunnel != self._tunnel:
+            exchange = None  # another tunnel's request: never touch it
         request_id = str(cf.get("requestId") or "")
         accept = request.headers.get("accept")
         session = pipeline.registry.pick(self._tunnel)

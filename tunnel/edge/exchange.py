@@ -48,7 +48,7 @@ class Exchange:
                  "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
                  "awaiting_request_end", "retried", "tunnel", "stats", "started_at", "status",
                  "edge_reason", "bytes_out", "recorded", "target", "content_length", "client_body",
-                 "pending_call", "worker_task", "body_waiter", "upgrade_refused")
+                 "pending_call", "worker_task", "body_waiter", "upgrade_refused", "remaining")
 
     def __init__(self, proto: "PublicProtocol"):
         self.proto = proto
@@ -91,6 +91,7 @@ class Exchange:
         self.worker_task = None
         self.body_waiter = None
         self.upgrade_refused = False
+        self.remaining: int | None = None  # response body bytes still due (None: not length-framed)
 
     # ------------------------------------------------------------------ request side
     def start(self) -> None:
@@ -329,6 +330,16 @@ class Exchange:
             self.upgrade_refused = True
             self.pending.clear()
             self.pending_size = 0
+        if not http1.response_has_body(self.method, status):
+            self.remaining = 0
+        elif has_length:
+            lengths = {v.strip() for k, v in headers if k.lower() == "content-length"}
+            value = lengths.pop() if len(lengths) == 1 else ""
+            if value.isdigit():
+                self.remaining = int(value)
+            else:  # conflicting or malformed lengths: never pass them on, frame the body ourselves
+                headers[:] = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                has_length = False
         if http1.response_has_body(self.method, status) and not has_length:
             if self.version == "1.1":
                 headers.append(("Transfer-Encoding", "chunked"))
@@ -345,6 +356,12 @@ class Exchange:
         """Response body bytes (or raw bytes after an upgrade)."""
         proto = self.proto
         if data:
+            remaining = self.remaining
+            if remaining is not None:
+                if len(data) > remaining:  # more than the head announced: never let it reach the client
+                    self._framing_violation(f"{len(data) - remaining} bytes beyond the response's length")
+                    return
+                self.remaining = remaining - len(data)
             self.bytes_out += len(data)
             if proto.closed:
                 self.session.conn.consumed(self.stream_id, len(data))
@@ -356,7 +373,23 @@ class Exchange:
                     self.session.conn.consumed(self.stream_id, len(data))
                     self.session.flush_soon()
         if end_stream:
+            if self.remaining:
+                self._framing_violation(f"the response ended {self.remaining} bytes short")
+                return
             self._response_end()
+
+    def _framing_violation(self, detail: str) -> None:
+        """The connector sent a body that does not match the response head: reset the stream and
+        abort the client connection, so nothing can be read as the answer to a later request."""
+        log.warning("request %s (tunnel %s): %s; closing the client connection", self.request_id, self.tunnel, detail)
+        if self.session is not None:
+            self.session.reset(self.stream_id, ErrorCode.PROTOCOL_ERROR, detail)
+        self.started = False
+        self.response_done = True
+        self.record()
+        if not self.proto.closed:
+            self.proto.closed = True
+            self.proto.transport.abort()
 
     def grant_credit(self) -> None:
         """The client socket drained: let the connector send what we held back."""

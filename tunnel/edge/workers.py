@@ -15,7 +15,7 @@ as they arrive. Only bodies a worker reads are queued (bounded by the stream win
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 import json
 import logging
 from collections import deque
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_EXCHANGE_IDS = itertools.count(1)
 
 class WorkerPipeline:
     """Workers of one config version: which tunnels run a worker, their stubs, metrics feeding.
@@ -151,13 +150,15 @@ class WorkerPipeline:
             log.warning("tunnel %s: worker hit its limits %d times in %.0f s; answering 503 for %.0f s",
                         tunnel, self.QUARANTINE_HITS, self.QUARANTINE_WINDOW, self.QUARANTINE_SECONDS)
 
-    def register(self, exchange: "Exchange") -> int:
-        """Make ``exchange`` findable by the binding (through ``request.cf.edgeExchange``)."""
-        ident = next(_EXCHANGE_IDS)
+    def register(self, exchange: "Exchange") -> str:
+        """Make ``exchange`` findable by the binding (through ``request.cf.edgeExchange``). The
+        ident is a random token: worker code can read and copy it, but cannot guess another
+        request's, and the binding also checks that the exchange belongs to its own tunnel."""
+        ident = secrets.token_hex(16)
         self.exchanges[ident] = exchange
         return ident
 
-    def unregister(self, ident: int) -> None:
+    def unregister(self, ident: str) -> None:
         self.exchanges.pop(ident, None)
 
     # ------------------------------------------------------------------ custom metrics
