@@ -280,3 +280,34 @@ async def test_counts_carry_on_across_config_versions(worker_edge, client, origi
     assert 'tunnel_custom_requests_by_route_total{tunnel="web",class="2xx",route="/small"} 8' in text
     assert "# HELP tunnel_custom_requests_by_route_total By route, new words." in text
     assert 'tunnel_requests_total{status="200",tunnel="web"} 8.0' in text
+
+
+async def test_pushes_to_and_from_configs_without_any_worker(make_edge, origin, client, tmp_path):
+    path = tmp_path / "edge.yaml"
+    plain = {"tunnels": {"web": {"hostnames": [WEB]}}}
+    path.write_text(yaml.safe_dump(plain))
+    edge = await make_edge(config_file=str(path))
+    await edge.connect(edge.edge.rotate_token("web"), origin.url)
+    versions = edge.edge.versions
+    with_policy = {"tunnels": {"web": {"hostnames": [WEB], "policy": {"on_response": [
+        {"actions": [{"set_response_headers": {"X-P": "1"}}]}]}}}}
+    assert (await versions.push(with_policy, "t", base=1))["version"] == 2
+    assert (await get(client, edge, "/small"))[1]["X-P"] == "1"
+    assert (await versions.push(plain, "t", base=2))["version"] == 3
+    assert "X-P" not in (await get(client, edge, "/small"))[1]
+    assert (await versions.rollback(2, "t", base=3))["version"] == 4
+    assert (await get(client, edge, "/small"))[1]["X-P"] == "1"
+
+
+async def test_a_worker_made_request_with_a_bad_method_fails_alone(make_edge, origin, client, tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"tunnels": {"web": {"hostnames": [WEB], "worker": {
+        "main_module": "index.js", "modules": {"index.js":
+            "export default { fetch(request, env) { const m = request.headers.get('x-m');\n"
+            "  return env.TUNNEL.fetch(m ? new Request(request.url, {method: m}) : request); } };"}}}}}))
+    edge = await make_edge(config_file=str(path))
+    await edge.connect(edge.edge.rotate_token("web"), origin.url)
+    status, headers, _ = await get(client, edge, "/small", headers={"X-M": "GET /x HTTP/1.1"})
+    assert status in (400, 500)  # refused at the edge (or by the runtime), for this request only
+    assert edge.edge.registry.connections("web") == 1
+    assert (await get(client, edge, "/small"))[0] == 200

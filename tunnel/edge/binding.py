@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tunnel import http1
 from tunnel.edge import pages
-from tunnel.errors import EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable
+from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable
 from tunnel.loader import Request, Response
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _DROP = frozenset({"host", "content-length"})
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
+_TARGET = re.compile(r"^/[\x21-\x7e]*$")  # origin-form, visible ASCII only
 _ORIGIN_DROP = frozenset({"tunnel-error", "x-request-id"})  # an origin cannot forge these
 #: Statuses whose Response must have a null body (Fetch standard); 101 is the upgrade.
 NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
@@ -197,6 +200,11 @@ class TunnelBinding:
                                   request_id, accept)
         url = urlsplit(request.url)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        if not _METHOD.match(request.method) or not _TARGET.match(target):
+            # Refuse it here, for this request only: the connector would take a malformed head
+            # as a protocol violation and drop the whole connection.
+            return error_response(BadRequest(f"the worker sent an invalid method or URL ({request.method!r})"),
+                                  request_id, accept)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
         headers.insert(0, ("Host", request.headers.get("host") or url.netloc))
         upgrade = exchange is not None and exchange.upgrade and request.headers.get("upgrade") is not None

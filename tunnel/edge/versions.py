@@ -84,7 +84,7 @@ class VersionManager:
             return {"version": active, "changed": False, "hash": digest,
                     "message": f"identical to the active version {active}; nothing to do"}
         pipeline = edge.build_pipeline(config, edge.store.next_version())
-        prepared = await self._prepare(pipeline, config)
+        prepared = await self._prepare(pipeline) if pipeline is not None else {}
         started = time.monotonic()
         try:
             if edge.version != active:  # a tunnel was created or deleted while we loaded workers
@@ -95,14 +95,15 @@ class VersionManager:
             for item in prepared.values():
                 edge.loader.discard(item)
             raise
-        pipeline.version = stored.version
+        if pipeline is not None:
+            pipeline.version = stored.version
         await edge.activate(config, stored.version, pipeline, prepared)
         log.info("config version %d active (%s, by %s) in %.1f ms", stored.version, digest[:19], author,
                  (time.monotonic() - started) * 1000)
         return {"version": stored.version, "changed": True, "hash": digest,
                 "message": f"version {stored.version} is active"}
 
-    async def _prepare(self, pipeline: WorkerPipeline, config) -> dict[str, Any]:
+    async def _prepare(self, pipeline: WorkerPipeline) -> dict[str, Any]:
         """Load every new or changed worker into a fresh isolate; a failure rejects the push with
         the path of what failed (the cached workers are untouched)."""
         edge = self.edge
