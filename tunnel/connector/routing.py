@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from tunnel.config.errors import ConfigError, Problems
 from tunnel.config.ingress import check_service, parse_ingress
@@ -40,7 +41,8 @@ def build_config(version: int, raw: dict[str, Any], allowed_prefixes: tuple[str,
     """Validate the connector part of a config version; raise ConfigError naming each problem.
 
     ``raw`` is ``{"hostnames", "ingress", "services"}`` as the edge sends it. With
-    ``allowed_prefixes`` (``--allow-service``), every service must start with one of them.
+    ``allowed_prefixes`` (``--allow-service``), every service must be admitted by one of them
+    (``service_allowed``).
     """
     problems = Problems()
     hostnames = tuple(h for h in raw.get("hostnames") or () if isinstance(h, str))
@@ -56,11 +58,26 @@ def build_config(version: int, raw: dict[str, Any], allowed_prefixes: tuple[str,
         services.add(rule.service)
     if allowed_prefixes:
         for service in sorted(services):
-            if not service.startswith("http_status:") and not any(service.startswith(p) for p in allowed_prefixes):
+            if not service.startswith("http_status:") and not any(service_allowed(service, p) for p in allowed_prefixes):
                 problems.add("services", f"{service} is not allowed by this connector's --allow-service "
                                          f"({', '.join(allowed_prefixes)})")
     problems.raise_if_any()
     return ConnectorConfig(version, ingress, frozenset(services))
+
+
+def service_allowed(service: str, allowed: str) -> bool:
+    """Whether ``--allow-service allowed`` admits ``service``: the same scheme and host, and the same
+    port unless ``allowed`` names none (``http://127.0.0.1`` admits every port on that host).
+    Compared as parsed URLs, never as text prefixes (``:4100`` must not admit ``:41000``)."""
+    try:
+        want = urlsplit(allowed.rstrip("/:"))
+        have = urlsplit(service)
+        want_port, have_port = want.port, have.port or (443 if have.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if want.scheme != have.scheme or not want.hostname or want.hostname != have.hostname:
+        return False
+    return want_port is None or want_port == have_port
 
 
 def origin_of(service: str) -> Origin | int:
