@@ -90,7 +90,13 @@ class Session:
                 await asyncio.sleep(0)
                 while conn.outbound_size:
                     data = conn.data_to_send(MAX_MESSAGE)
-                    await self._send(data)
+                    try:
+                        await asyncio.wait_for(self._send(data), self._dead_after)
+                    except asyncio.TimeoutError:
+                        self.close_reason = f"the peer read nothing for {self._dead_after:.0f} s"
+                        log.warning("%s: %s; closing", self.name, self.close_reason)
+                        self._closed.set()
+                        return
                 if self._congestion_waiters and not self.congested:
                     waiters, self._congestion_waiters = self._congestion_waiters, []
                     for callback in waiters:

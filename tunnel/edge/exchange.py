@@ -211,11 +211,14 @@ class Exchange:
                 self.proto.pause_reading("upload")
             return
         if self.started and not self.pending:
-            taken = self.session.conn.send_data(self.stream_id, data)
-            self.session.flush_soon()
-            if taken == len(data):
-                return
-            data = data[taken:]
+            if self.session.congested:  # the tunnel connection is backed up: wait for it
+                self.session.when_uncongested(self.on_window)
+            else:
+                taken = self.session.conn.send_data(self.stream_id, data)
+                self.session.flush_soon()
+                if taken == len(data):
+                    return
+                data = data[taken:]
         self.pending.append(data)
         self.pending_size += len(data)
         if self.pending_size > _UPLOAD_BUFFER or self.started:

@@ -38,6 +38,8 @@ SUPPORTED_VERSIONS = (1,)
 
 DEFAULT_WINDOW = 1024 * 1024
 MAX_QUEUED_FOR_PINGS = 4 * 1024 * 1024
+#: The most send credit a stream holds at once, whatever the peer announces or grants (§5.3).
+MAX_SEND_WINDOW = 4 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 1024
 
 
@@ -99,11 +101,12 @@ class Settings:
 @dataclass(slots=True)
 class _Stream:
     stream_id: int
-    send_window: int
+    send_window: int  # credit we may use now (never above MAX_SEND_WINDOW)
     recv_window: int
     state: StreamState = StreamState.OPEN
     head_received: bool = False
     unacked: int = 0
+    peer_window: int = 0  # the credit as the peer counts it (for the overflow check)
 
     def move(self, transition: str) -> None:
         try:
@@ -220,7 +223,8 @@ class Connection:
         payload = head.encode()
         if len(payload) > F.MAX_CONTROL_PAYLOAD:
             raise HeadersTooLarge(f"request head of {len(payload)} bytes exceeds {F.MAX_CONTROL_PAYLOAD}")
-        stream = _Stream(stream_id, self.remote.initial_window, self.local.initial_window)
+        stream = _Stream(stream_id, min(self.remote.initial_window, MAX_SEND_WINDOW), self.local.initial_window,
+                         peer_window=self.remote.initial_window)
         self.streams[stream_id] = stream
         self._send_head(stream, payload, end_stream)
         return stream_id
@@ -262,6 +266,7 @@ class Connection:
                           bytes(view[offset:offset + size]) if size != total else data)
             offset += size
         stream.send_window -= taken
+        stream.peer_window -= taken
         if end_stream and taken == total:
             if total == 0:
                 self._out.add(F.encode(F.FrameType.DATA, F.Flags.END_STREAM, stream_id))
@@ -352,9 +357,12 @@ class Connection:
             stream = self.streams.get(frame.stream_id)
             delta = F.parse_u32(frame)
             if stream is not None:
-                stream.send_window += delta
-                if stream.send_window > 0x7FFFFFFF:
+                stream.peer_window += delta
+                if stream.peer_window > 0x7FFFFFFF:
                     raise ProtocolError("send window overflow", code=F.ErrorCode.FLOW_CONTROL_ERROR)
+                # Never hold more than MAX_SEND_WINDOW of credit, whatever the peer grants: a peer
+                # that grants much and reads nothing would otherwise make us queue without bound.
+                stream.send_window = min(stream.send_window + delta, MAX_SEND_WINDOW)
                 events.append(WindowUpdated(frame.stream_id, delta))
             else:
                 self._check_known(frame.stream_id)
@@ -445,7 +453,8 @@ class Connection:
                                        F.U32.pack(F.ErrorCode.REFUSED_STREAM) + b"too many concurrent streams"))
                 return
             head = RequestHead.decode(frame.payload)
-            stream = _Stream(sid, self.remote.initial_window, self.local.initial_window, head_received=True)
+            stream = _Stream(sid, min(self.remote.initial_window, MAX_SEND_WINDOW), self.local.initial_window,
+                             head_received=True, peer_window=self.remote.initial_window)
             self.streams[sid] = stream
             if end:
                 stream.move("recv_end")
