@@ -71,8 +71,11 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str]):
         self.data_dir = Path(data_dir)
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.data_dir / "edge.db", isolation_level=None, check_same_thread=False)
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = self.data_dir / "edge.db"
+            if not path.exists():
+                path.touch(mode=0o600)  # it holds token and credential hashes: owner only
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)

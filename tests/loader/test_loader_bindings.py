@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -274,3 +275,66 @@ async def test_binding_fetch_with_a_url_string_gets_a_request(loader):
     (py_req, rest), = tunnel.calls
     assert isinstance(py_req, Request) and (py_req.method, py_req.url, rest) == ("GET", "https://other.example/p", ({"service": "x"},))
     assert body == b"origin:https://other.example/p"
+
+
+async def test_unchanged_headers_round_trip_by_id_exactly_as_pairs_would(loader):
+    """Headers JS leaves unchanged travel back as the host's id: the binding and the caller see
+    what the pairs would have given (names lower-cased, order and values kept), changed ones,
+    copies and headers kept past their request included."""
+    seen = []
+
+    class Echo:
+        async def fetch(self, request):
+            seen.append(list(request.headers.items()))
+            return Response(201, [("X-Up", "A"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("X-Sp", " v ")], b"x")
+
+        async def note(self, request):
+            seen.append(list(request.headers.items()))
+
+    src = """let kept = null;
+    export default { async fetch(req, env, ctx) {
+      const u = new URL(req.url);
+      if (u.pathname === "/plain") return env.B.fetch(req);
+      if (u.pathname === "/copy") { const r = await env.B.fetch(new Request(req)); return new Response(r.body, r); }
+      if (u.pathname === "/changed") {
+        const h = new Headers(req.headers); h.set("x-new", "1");
+        const r = await env.B.fetch(new Request(req, {headers: h}));
+        const out = new Response(r.body, r); out.headers.delete("x-up"); return out;
+      }
+      if (u.pathname === "/keep") { kept = await env.B.fetch(req); return new Response("kept"); }
+      if (u.pathname === "/later") { env.B.note(new Request("http://a/", {headers: kept.headers})); return new Response("ok", kept); }
+      if (u.pathname === "/forget") { env.B.note(req); return new Response("sent"); }
+    } }"""
+    stub = loader.get("heads-by-id", CountingFactory(code(src, env={"B": Echo()})))
+    headers = [("Host", "web.localhost"), ("X-Mixed", "Va lue"), ("x-dup", "1"), ("X-Dup", "2")]
+    lowered = [(k.lower(), v) for k, v in headers]
+    origin = [("x-up", "A"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("x-sp", " v ")]
+    for path in ("/plain", "/copy"):
+        r = await stub.fetch(Request("GET", f"http://web.localhost{path}", headers=headers))
+        assert seen.pop() == lowered
+        assert r.status == 201 and list(r.headers.items()) == origin and await r.read() == b"x"
+    r = await stub.fetch(Request("GET", "http://web.localhost/changed", headers=headers))
+    assert seen.pop() == lowered + [("x-new", "1")]
+    assert list(r.headers.items()) == origin[1:]
+    r = await stub.fetch(Request("GET", "http://web.localhost/keep", headers=headers))
+    assert await r.read() == b"kept"
+    seen.clear()
+    r = await stub.fetch(Request("GET", "http://web.localhost/later"))   # the /keep request has ended
+    assert list(r.headers.items()) == origin + [("content-type", "text/plain;charset=UTF-8")]
+    assert await r.read() == b"ok"
+    r = await stub.fetch(Request("GET", "http://web.localhost/forget", headers=headers))
+    assert await r.read() == b"sent"
+    for _ in range(50):
+        if len(seen) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [origin, lowered]  # the call made without waiting still got the request's headers
+
+
+async def test_invalid_header_from_python_is_still_refused_when_passed_back(loader):
+    tunnel = Tunnel()
+    src = """export default { async fetch(req, env) {
+      try { await env.TUNNEL.fetch(req); return new Response("passed") } catch (e) { return new Response(e.name) } } }"""
+    _, body = await run(loader, "bad-head", code(src, env={"TUNNEL": tunnel}),
+                        Request("GET", "http://a/", headers=[("bad name", "v")]))
+    assert body == b"TypeError" and not tunnel.calls

@@ -223,3 +223,15 @@ async def test_bytes_after_an_upgrade_head_wait_for_101(edge):
         assert b"/admin" not in b"".join(seen)
     finally:
         server.close()
+
+
+def test_client_ip_behind_trusted_proxies():
+    import ipaddress
+
+    from tunnel.edge.public import PublicSettings
+    settings = PublicSettings(routing=None, registry=None, metrics=None,
+                              trusted_proxies=[ipaddress.ip_network("10.0.0.0/8")])
+    assert settings.client_ip("127.0.0.1", "6.6.6.6") == "127.0.0.1"  # untrusted peer: its claim is ignored
+    assert settings.client_ip("10.0.0.1", "6.6.6.6, 10.0.0.2") == "6.6.6.6"
+    assert settings.client_ip("10.0.0.1", "1.1.1.1, 6.6.6.6, 10.0.0.2") == "6.6.6.6"  # right-most untrusted
+    assert settings.client_ip("10.0.0.1", "10.0.0.3") == "10.0.0.1"

@@ -36,6 +36,16 @@ def add_admin_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The admin token must never follow a redirect to another place: redirects are errors."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def call(args, method: str, path: str, body: Any = None) -> Any:
     """Call the admin API; return the decoded JSON answer or raise AdminError."""
     token = args.admin_token
@@ -50,7 +60,7 @@ def call(args, method: str, path: str, body: Any = None) -> Any:
                                      headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with _OPENER.open(request, timeout=30) as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         answer = None

@@ -16,7 +16,7 @@ from tunnel.config import validate as v
 from tunnel.config.errors import Problems
 from tunnel.config.model import IngressRule
 
-_HTTP_STATUS = re.compile(r"^http_status:([1-5][0-9][0-9])$")
+_HTTP_STATUS = re.compile(r"^http_status:([2-5][0-9][0-9])$")
 
 
 def check_service(p: Problems, path: str, value: Any) -> str | None:

@@ -193,7 +193,7 @@ class Connector:
     def apply_config(self, version: int, raw: dict) -> tuple[bool, str]:
         """Apply the connector part of a config version; return (ok, error). A rejected version
         leaves the last good one in force (like an xDS NACK)."""
-        if version <= self.config.version and self.config.version:
+        if version == self.config.version and version:
             return True, ""  # already applied (every connection receives each version)
         try:
             self.config = build_config(version, raw, tuple(self.options.allow_services))

@@ -117,6 +117,9 @@ class OriginExchange:
     def _write_body(self, data: bytes) -> None:
         conn = self.conn
         self.body_written += len(data)
+        if self.timer is not None:  # the origin timeout measures the origin's silence, not the upload
+            self.timer.cancel()
+            self.timer = self.loop.call_later(self.timeout, self._timed_out)
         conn.write(http1.chunk(data) if self.chunked else data)
         if conn.write_paused:
             self.unacked += len(data)

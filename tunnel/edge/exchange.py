@@ -48,7 +48,7 @@ class Exchange:
                  "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
                  "awaiting_request_end", "retried", "tunnel", "stats", "started_at", "status",
                  "edge_reason", "bytes_out", "recorded", "target", "content_length", "client_body",
-                 "pending_call", "worker_task", "body_waiter", "upgrade_refused", "remaining")
+                 "pending_call", "worker_task", "body_waiter", "upgrade_refused", "remaining", "client_ip")
 
     def __init__(self, proto: "PublicProtocol"):
         self.proto = proto
@@ -92,6 +92,7 @@ class Exchange:
         self.body_waiter = None
         self.upgrade_refused = False
         self.remaining: int | None = None  # response body bytes still due (None: not length-framed)
+        self.client_ip = ""  # what workers see as request.cf.clientIp
 
     # ------------------------------------------------------------------ request side
     def start(self) -> None:
@@ -167,6 +168,7 @@ class Exchange:
             fwd.append(("X-Forwarded-For", f"{forwarded_for}, {peer}"))
         else:
             fwd.append(("X-Forwarded-For", peer))
+        self.client_ip = settings.client_ip(peer, forwarded_for)
         fwd.append(("X-Forwarded-Proto", proto.scheme))
         fwd.append(("X-Forwarded-Host", host))
         fwd.append(("X-Request-Id", self.request_id))

@@ -52,6 +52,16 @@ class PublicSettings:
     https_only: frozenset = frozenset()  # tunnels whose plain-HTTP requests are redirected to HTTPS
     https_port: int = 0  # the HTTPS public listener's port (0: none)
 
+    def client_ip(self, peer: str, forwarded_for: str | None) -> str:
+        """The client's address as the edge vouches for it: the socket peer, or, when the peer is
+        a trusted proxy, the right-most address in X-Forwarded-For that is not a trusted proxy."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            if not self.trusts(hop):
+                return hop
+        return peer
+
     def trusts(self, ip: str) -> bool:
         if not self.trusted_proxies:
             return False

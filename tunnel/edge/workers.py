@@ -239,7 +239,7 @@ async def _serve(exchange: "Exchange", pipeline: WorkerPipeline, stub, host: str
     ident = pipeline.register(exchange)
     request = Request(exchange.method, f"{proto.scheme}://{host}{exchange.target}", headers=headers,
                       body=exchange.client_body if exchange.client_body is not None else b"",
-                      cf={"clientIp": proto.peer_ip, "requestId": exchange.request_id, "edgeExchange": ident,
+                      cf={"clientIp": exchange.client_ip, "requestId": exchange.request_id, "edgeExchange": ident,
                           "tunnel": exchange.tunnel, "scheme": proto.scheme})
     try:
         response = await asyncio.wait_for(stub.fetch(request), pipeline.response_timeout)
