@@ -221,3 +221,11 @@ def test_document_is_not_aliased(reference_doc):
     doc = config.document
     doc["tunnels"].clear()
     assert config.document == reference_doc and copy.deepcopy(reference_doc) == config.document
+
+
+def test_yaml_aliases_are_refused_with_their_position():
+    from tunnel.config import ConfigError, load_yaml
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\n"
+    with pytest.raises(ConfigError) as info:
+        load_yaml(bomb)
+    assert info.value.errors == ["<yaml>: line 2, column 8: aliases (*name) are not allowed in a config"]

@@ -14,10 +14,22 @@ from tunnel.config.errors import ConfigError
 REDACTED = "<redacted>"
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: a config never needs them, and a few nested aliases expand
+    into a document too large to hash or store (the "billion laughs")."""
+
+    def compose_node(self, parent, index):  # noqa: D102
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(text: str) -> dict[str, Any]:
     """Parse YAML (or JSON) text into a raw document; a syntax error becomes a ConfigError."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
