@@ -277,10 +277,10 @@ async def test_binding_fetch_with_a_url_string_gets_a_request(loader):
     assert body == b"origin:https://other.example/p"
 
 
-async def test_unchanged_headers_round_trip_by_id_exactly_as_pairs_would(loader):
-    """Headers JS leaves unchanged travel back as the host's id: the binding and the caller see
-    what the pairs would have given (names lower-cased, order and values kept), changed ones,
-    copies and headers kept past their request included."""
+async def test_headers_round_trip_through_javascript(loader):
+    """What a binding and the caller get for headers passed through JavaScript: names lower-cased,
+    order, duplicates and values kept; for unchanged, copied and changed headers, headers kept past
+    their request, and a binding call made without waiting (its task runs after the request ended)."""
     seen = []
 
     class Echo:

@@ -68,9 +68,6 @@ class Instance:
         self.retired = False
         self.inflight: dict[int, Req] = {}
         self.handles: dict[int, Any] = {}
-        # header lists sent to JS (a request's, a binding response's), by wire id, until their
-        # request ends: JS sends unchanged headers back as the id (see wire_headers)
-        self.heads: dict[int, list[tuple[str, str]]] = {}
         self.closable: set[int] = set()
         self.tasks: set[asyncio.Task] = set()
         self.loaded: asyncio.Future | None = None
@@ -82,50 +79,6 @@ def shard_binding_names(code: WorkerCode) -> list[str]:
     """Names of the ``env`` entries of ``code`` that are Python bindings."""
     return code.split_env()[1]
 
-
-
-def add_heads(inst: Instance, pairs: list[tuple[str, str]], rid: int) -> int | None:
-    """Keep ``pairs`` (headers being sent to JS) for request ``rid``; return their wire id
-    (``None`` when ``rid`` is not in flight: nothing would release them)."""
-    req = inst.inflight.get(rid)
-    if req is None:
-        return None
-    h = next(_handle_ids)
-    inst.heads[h] = pairs
-    req.handles.append(h)
-    return h
-
-
-def resolve_heads(inst: Instance, ev: dict) -> None:
-    """Look up now the header ids in the arguments of a ``call`` op (its task may run after the
-    owning request ended and released them)."""
-    if ev.get("op") != "call" or not isinstance(ev.get("a"), list):
-        return
-    for a in ev["a"]:
-        if isinstance(a, dict):
-            for key in ("$req", "$res"):
-                d = a.get(key)
-                if isinstance(d, dict) and "hid" in d:
-                    try:
-                        d["$h"] = wire_headers(inst, d)
-                    except TypeError as exc:
-                        d["$h"] = exc
-
-
-def wire_headers(inst: Instance, r: dict) -> CIMultiDict:
-    """The checked headers of a JS request/response description: its ``headers`` pairs, or the
-    list the host sent under its ``hid`` (names lower-cased, as JS would have sent them)."""
-    h = r.get("$h")  # resolved by resolve_heads (JSON cannot produce these types)
-    if type(h) is CIMultiDict:
-        return h
-    if isinstance(h, TypeError):
-        raise h
-    if "hid" in r:
-        pairs = inst.heads.get(r["hid"]) if type(r["hid"]) is int else None
-        if pairs is None:
-            raise TypeError("headers are no longer available (their request has ended)")
-        return _checked_headers(pairs, lower=True)
-    return _checked_headers(r["headers"])
 
 
 def add_handle(inst: Instance, body: Any, rid: int) -> int:
@@ -140,10 +93,7 @@ def add_handle(inst: Instance, body: Any, rid: int) -> int:
 
 def release_handles(inst: Instance, req: Req) -> None:
     """Drop the handles of a finished request; close dropped binding bodies (``aclose``)."""
-    heads = inst.heads
     for h in req.handles:
-        if heads.pop(h, None) is not None:
-            continue
         body = inst.handles.pop(h, None)
         if h in inst.closable:
             inst.closable.discard(h)
@@ -174,14 +124,14 @@ def response_from_wire(inst: Instance, r: dict) -> Response:
     status = r["status"]
     if not isinstance(status, int) or not 0 <= status <= 999:
         raise TypeError(f"invalid status {status!r}")
-    return Response._checked(int(status), wire_headers(inst, r), body_from_wire(inst, r["body"]),
+    return Response._checked(int(status), _checked_headers(r["headers"]), body_from_wire(inst, r["body"]),
                              _checked_text(r.get("statusText", ""), "statusText"))
 
 
 def request_from_wire(inst: Instance, r: dict) -> Request:
     """A Python ``Request`` from its JS description. Raises ``TypeError`` on invalid fields."""
     return Request._checked(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"),
-                            wire_headers(inst, r), body_from_wire(inst, r["body"]), r.get("cf"))
+                            _checked_headers(r["headers"]), body_from_wire(inst, r["body"]), r.get("cf"))
 
 
 async def run_op(inst: Instance, ev: dict, max_body_bytes: int) -> tuple[dict, bytes]:
@@ -272,12 +222,8 @@ def _result(inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
             h = add_handle(inst, result.body, rid)
             inst.closable.add(h)
             body = {"h": h}
-        pairs = list(result.headers.items())
-        res = {"status": result.status, "statusText": result.status_text, "headers": pairs, "body": body}
-        hid = add_heads(inst, pairs, rid)
-        if hid is not None:
-            res["hid"], res["hr"] = hid, rid
-        return {"res": res}, b""
+        return {"res": {"status": result.status, "statusText": result.status_text,
+                        "headers": list(result.headers.items()), "body": body}}, b""
     if isinstance(result, (bytes, bytearray, memoryview)):
         return {"bin": True}, bytes(result)
     return {"v": result}, b""
@@ -289,13 +235,12 @@ _CONTROL = re.compile(r"[\x00\r\n]")
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
-def _checked_headers(pairs: Any, lower: bool = False) -> CIMultiDict:
+def _checked_headers(pairs: Any) -> CIMultiDict:
     """Validate header pairs coming from JavaScript (defence in depth against header injection).
 
     Returns them as a ``CIMultiDict``. One regex over the names joined by newlines (which no
     token contains; their count must match) and one over the values joined, all in C; the
-    per-pair loop only runs to name the offending header. ``lower``: lower-case the names
-    (ASCII, as JavaScript's toLowerCase does for tokens).
+    per-pair loop only runs to name the offending header.
     """
     try:
         if type(pairs) is not list:
@@ -305,8 +250,6 @@ def _checked_headers(pairs: Any, lower: bool = False) -> CIMultiDict:
         names = "\n".join(map(_first, pairs))
         if (_TOKEN_LINES.match(names) and names.count("\n") == len(pairs) - 1
                 and not _CONTROL.search("".join(map(_second, pairs)))):
-            if lower:
-                return CIMultiDict(zip(names.lower().split("\n"), map(_second, pairs)))
             return CIMultiDict(pairs)
     except (TypeError, ValueError, LookupError):
         pass

@@ -23,8 +23,7 @@ import sys
 import time
 from typing import Callable
 
-from .bridge import (Instance, Limits, Req, add_handle, add_heads, release_handles, resolve_heads, response_from_wire,
-                     run_op)
+from .bridge import Instance, Limits, Req, add_handle, release_handles, response_from_wire, run_op
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
 from .protocol import FrameBuffer, ProtocolError, encode, encode_hot
@@ -275,7 +274,6 @@ class Shard:
             self._end(inst, ev["rid"])
         elif t == "op":
             ev["rid"] = turn_rid
-            resolve_heads(inst, ev)
             task = asyncio.get_running_loop().create_task(self._op(inst, ev))
             inst.tasks.add(task)
             task.add_done_callback(inst.tasks.discard)
@@ -298,7 +296,6 @@ class Shard:
                 req.future.set_exception(err)
         inst.inflight.clear()
         inst.handles.clear()
-        inst.heads.clear()
         inst.closable.clear()
         for task in inst.tasks:
             task.cancel()
@@ -383,9 +380,9 @@ class Shard:
         body = None
         if not body_is_empty(request.body):
             body = {"h": add_handle(inst, request.body, rid)}
-        pairs = list(request.headers.items())
-        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url, "headers": pairs,
-                                                "hid": add_heads(inst, pairs, rid), "cf": request.cf, "body": body}}
+        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
+                                                "headers": list(request.headers.items()),
+                                                "cf": request.cf, "body": body}}
         try:
             self._send_hot(b"req", inst.wid, rid, _dumps(wire).encode("ascii"))
         except WorkerError:
@@ -403,7 +400,6 @@ class Shard:
                 req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r} was evicted", key=inst.key))
         inst.inflight.clear()
         inst.handles.clear()
-        inst.heads.clear()
         for task in inst.tasks:
             task.cancel()
         if self.transport is not None:

@@ -16,29 +16,22 @@
     if (/[\0\r\n]/.test(v)) throw new TypeError('Invalid header value.');
     return v;
   }
-  let headerPairs, headersFromPairs, headerSrc, headerEdit;
+  let headerPairs, headersFromPairs;
   function defaultType(h, type) {  // set content-type unless present (both known valid: no re-checks)
     const list = headerPairs(h);
     for (let i = 0; i < list.length; i++) if (list[i][0] === 'content-type') return;
-    headerEdit(h).push(['content-type', type]);
+    list.push(['content-type', type]);
   }
-  // Requests in flight (dispatched, not ended). The host keeps the header list it sent with a
-  // request or a binding's response (wire id "hid") until the owning request ends; Headers still
-  // unchanged since then are sent back as that id instead of their pairs (see headerSrc).
-  const liveRids = new Set();
   // The methods below are plain loops over #list (no filter/map closures): they run on every
   // request of a policy worker. #list is never shared between two Headers, so it is edited in place.
   class Headers {
     #list = [];
-    #src = 0;  // host wire id of exactly this content (0: none), owned by request #rid
-    #rid = 0;
     constructor(init) {
       if (init == null) return;
       if (init instanceof Headers) {
         const src = init.#list, n = src.length, list = new Array(n);
         for (let i = 0; i < n; i++) list[i] = [src[i][0], src[i][1]];
         this.#list = list;
-        this.#src = init.#src; this.#rid = init.#rid;
         return;
       }
       if (typeof init !== 'object') throw new TypeError('Failed to construct Headers: invalid init');
@@ -52,10 +45,9 @@
         for (const k of Object.keys(init)) this.append(k, init[k]);
       }
     }
-    append(name, value) { const p = [normName(name), normValue(value)]; this.#src = 0; this.#list.push(p); }
+    append(name, value) { this.#list.push([normName(name), normValue(value)]); }
     delete(name) {
       const n = normName(name), list = this.#list;
-      this.#src = 0;
       let j = 0;
       for (let i = 0; i < list.length; i++) if (list[i][0] !== n) list[j++] = list[i];
       list.length = j;
@@ -82,7 +74,6 @@
     }
     set(name, value) {
       const n = normName(name), v = normValue(value), list = this.#list;
-      this.#src = 0;
       let i = 0;
       while (i < list.length && list[i][0] !== n) i++;
       if (i === list.length) { list.push([n, v]); return; }
@@ -105,9 +96,7 @@
     get [Symbol.toStringTag]() { return 'Headers'; }
     static {  // private accessors for the wire code below; not reachable from worker code
       headerPairs = (h) => h.#list;
-      headerSrc = (h) => (h.#src !== 0 && liveRids.has(h.#rid) ? h.#src : 0);
-      headerEdit = (h) => { h.#src = 0; return h.#list; };
-      headersFromPairs = (pairs, hid, rid) => {  // pairs: fresh from JSON.parse, owned here, lower-cased in place
+      headersFromPairs = (pairs) => {  // pairs: fresh from JSON.parse, owned here, lower-cased in place
         for (let i = 0; i < pairs.length; i++) {
           const p = pairs[i];
           p[0] = String(p[0]).toLowerCase();
@@ -115,7 +104,6 @@
         }
         const h = new Headers();
         h.#list = pairs;
-        if (hid) { h.#src = hid; h.#rid = rid; }
         return h;
       };
     }

@@ -89,33 +89,23 @@
   mixBody(Response);
 
   // ---------------------------------------------------------------- wire (de)serialisation
-  // headers the host already holds (unchanged since it sent them) travel as their id
-  function serReq(r) {
-    const h = r.headers, hid = headerSrc(h);
-    return hid ? {method: r.method, url: r.url, hid, cf: r.cf, body: serBody(r.__b)}
-      : {method: r.method, url: r.url, headers: headerPairs(h), cf: r.cf, body: serBody(r.__b)};
-  }
-  function serRes(r) {
-    const h = r.headers, hid = headerSrc(h);
-    return hid ? {status: r.status, statusText: r.statusText, hid, body: serBody(r.__b)}
-      : {status: r.status, statusText: r.statusText, headers: headerPairs(h), body: serBody(r.__b)};
-  }
+  function serReq(r) { return {method: r.method, url: r.url, headers: headerPairs(r.headers), cf: r.cf, body: serBody(r.__b)}; }
+  function serRes(r) { return {status: r.status, statusText: r.statusText, headers: headerPairs(r.headers), body: serBody(r.__b)}; }
   function bodyFromWire(b) {
     if (!b) return {k: 'none', used: false};
     if (b.h !== undefined) return {k: 'host', h: b.h, used: false};
     if (b.s !== undefined) return {k: 'str', v: b.s, used: false};
     return {k: 'bytes', v: latin1ToBytes(atob(b.b64)), used: false};
   }
-  function reqFromWire(m, rid) {
+  function reqFromWire(m) {
     const r = Object.create(Request.prototype);
-    r.__m = m.method; r.__u = m.url; r.__h = headersFromPairs(m.headers, m.hid, rid); r.__b = bodyFromWire(m.body);
+    r.__m = m.method; r.__u = m.url; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
     r.cf = m.cf === null ? undefined : m.cf; r.redirect = 'manual'; r.signal = null;
     return r;
   }
   function resFromWire(m) {
     const r = Object.create(Response.prototype);
-    r.__s = m.status; r.__st = m.statusText || ''; r.__h = headersFromPairs(m.headers, m.hid, m.hr);
-    r.__b = bodyFromWire(m.body);
+    r.__s = m.status; r.__st = m.statusText || ''; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
     r.webSocket = null;
     return r;
   }

@@ -3,7 +3,6 @@
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- host interface
   const RUNTIME_FRAME = /^\s+at (dispatch|host|respond|failed|finish|callBinding|fromResult) \(/;
-  function endRid(rid) { ended.push(rid); liveRids.delete(rid); }
   function fail(rid, e, end) {
     const err = e instanceof Error || (e && typeof e === 'object' && 'message' in e) ? e : new Error(String(e));
     let kind = 'script';
@@ -13,23 +12,23 @@
     emit({t: 'res', rid, ok: false, kind, name: String(err.name || 'Error'), message: String(err.message), stack, end: !!end});
   }
   function finish(rid, waits) {
-    if (!waits.length) { endRid(rid); emit({t: 'end', rid}); return; }
+    if (!waits.length) { ended.push(rid); emit({t: 'end', rid}); return; }
     Promise.allSettled(waits).then((rs) => {
       for (const r of rs) if (r.status === 'rejected') emit({t: 'log', l: 'error', m: 'waitUntil promise rejected: ' + fmt([r.reason])});
       if (waits.length > rs.length) return finish(rid, waits.slice(rs.length));
-      endRid(rid);
+      ended.push(rid);
       emit({t: 'end', rid});
     });
   }
   function respond(rid, r, waits) {
     if (!(r instanceof Response)) throw new TypeError('Incorrect type for Promise: the Promise did not resolve to \'Response\'.');
     const ev = {t: 'res', rid, ok: true, res: serRes(r)};
-    if (!waits.length) { ev.end = true; endRid(rid); }
+    if (!waits.length) { ev.end = true; ended.push(rid); }
     emit(ev);
     if (waits.length) finish(rid, waits);
   }
   function failed(rid, e, waits) {
-    if (!waits.length) endRid(rid);
+    if (!waits.length) ended.push(rid);
     fail(rid, e, !waits.length);
     if (waits.length) finish(rid, waits);
   }
@@ -37,9 +36,8 @@
     const rid = m.rid;
     const waits = [];
     let p;
-    liveRids.add(rid);
     try {
-      p = handler.fetch(reqFromWire(m.req, rid), env, new ExecutionContext(waits));
+      p = handler.fetch(reqFromWire(m.req), env, new ExecutionContext(waits));
       if (p instanceof Response) { respond(rid, p, waits); return; }
     } catch (e) { failed(rid, e, waits); return; }
     // one reaction for both outcomes (a trailing .catch() would cost one more job per request)
