@@ -311,3 +311,33 @@ async def test_a_worker_made_request_with_a_bad_method_fails_alone(make_edge, or
     assert status in (400, 500)  # refused at the edge (or by the runtime), for this request only
     assert edge.edge.registry.connections("web") == 1
     assert (await get(client, edge, "/small"))[0] == 200
+
+
+async def test_policy_tunnel_requests_survive_a_lost_connection(make_edge, origin, client, tmp_path):
+    from tests.tunnel.processes import TcpProxy
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"tunnels": {"web": {"hostnames": [WEB], "policy": {"on_response": [
+        {"actions": [{"set_response_headers": {"X-P": "1"}}]}]}}}}))
+    edge = await make_edge(config_file=str(path))
+    proxy = TcpProxy(edge.edge.connector_port)
+    await proxy.start()
+    from tunnel.connector.agent import Connector, ConnectorOptions
+    connector = Connector(ConnectorOptions(edge=f"ws://127.0.0.1:{proxy.port}", token=edge.edge.rotate_token("web"),
+                                           url=origin.url, connections=2))
+    task = asyncio.create_task(connector.run())
+    edge.connectors.append((connector, task))
+    while edge.edge.registry.connections("web") < 2:
+        await asyncio.sleep(0.05)
+    statuses = []
+
+    async def load():
+        for _ in range(60):
+            statuses.append((await get(client, edge, "/slow?delay=0.05"))[0])
+
+    async def kill():
+        await asyncio.sleep(0.3)
+        proxy.kill(0)
+
+    await asyncio.gather(*(load() for _ in range(8)), kill())
+    await proxy.close()
+    assert statuses.count(200) == len(statuses) == 480, [s for s in statuses if s != 200]

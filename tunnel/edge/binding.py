@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _DROP = frozenset({"host", "content-length"})
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_RETRY_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.REFUSED_STREAM})
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
 _TARGET = re.compile(r"^/[\x21-\x7e]*$")  # origin-form, visible ASCII only
 _ORIGIN_DROP = frozenset({"tunnel-error", "x-request-id"})  # an origin cannot forge these
@@ -87,6 +89,7 @@ class TunnelCall:
         self.chunks: deque[bytes] = deque()
         self.ended = False
         self.error: str | None = None
+        self.error_code = 0
         self.adopted = False
         self._wake: asyncio.Event = asyncio.Event()
         self._upload_wake = asyncio.Event()
@@ -107,6 +110,7 @@ class TunnelCall:
 
     def on_reset(self, code: int, message: str) -> None:
         self.error = message or "stream reset"
+        self.error_code = code
         if not self.head.done():
             self.head.set_exception(_error_for(code, message))
         if self.exchange is not None and self.exchange.stream_id == self.stream_id:
@@ -226,29 +230,37 @@ class TunnelBinding:
         if service is not None and service not in pipeline.services(self._tunnel):
             return error_response(OriginUnreachable(f"service {service!r} is not one of this tunnel's services"),
                                   request_id, accept)
-        try:
-            stream_id = session.conn.open_stream(
-                RequestHead(request.method, target, headers, upgrade, service if isinstance(service, str) else None),
-                end_stream=not has_body and not upgrade)
-        except HeadersTooLarge as exc:
-            return error_response(OriginUnreachable(str(exc)), request_id, accept)
-        call = TunnelCall(session, stream_id, exchange if attach else None)
-        session.handlers[stream_id] = call
-        session.flush_soon()
-        sender = None
-        if attach:
-            exchange.attach_upload(session, stream_id)
-        elif has_body:
-            sender = asyncio.ensure_future(call.send_body(body))
-        try:
-            head = await call.head
-        except EdgeHTTPError as error:
-            return error_response(error, request_id, accept)
-        except asyncio.CancelledError:
-            session.reset(stream_id, ErrorCode.CANCEL, "cancelled")
-            if sender is not None:
-                sender.cancel()
-            raise
+        head_out = RequestHead(request.method, target, headers, upgrade, service if isinstance(service, str) else None)
+        retryable = not has_body and not upgrade and request.method in _RETRYABLE
+        for attempt in (1, 2):
+            try:
+                stream_id = session.conn.open_stream(head_out, end_stream=not has_body and not upgrade)
+            except HeadersTooLarge as exc:
+                return error_response(OriginUnreachable(str(exc)), request_id, accept)
+            call = TunnelCall(session, stream_id, exchange if attach else None)
+            session.handlers[stream_id] = call
+            session.flush_soon()
+            sender = None
+            if attach:
+                exchange.attach_upload(session, stream_id)
+            elif has_body:
+                sender = asyncio.ensure_future(call.send_body(body))
+            try:
+                head = await call.head
+                break
+            except EdgeHTTPError as error:
+                if attempt == 1 and retryable and call.error_code in _RETRY_CODES:
+                    # Its connector connection died before any answer: send it on another one.
+                    session = pipeline.registry.pick(self._tunnel)
+                    if session is not None:
+                        log.info("request %s: %s; retrying on another connection", request_id, error)
+                        continue
+                return error_response(error, request_id, accept)
+            except asyncio.CancelledError:
+                session.reset(stream_id, ErrorCode.CANCEL, "cancelled")
+                if sender is not None:
+                    sender.cancel()
+                raise
         response_headers = http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101,
                                                   also=_ORIGIN_DROP)
         if exchange is not None:
