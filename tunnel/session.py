@@ -25,7 +25,7 @@ from tunnel.protocol.frames import ErrorCode
 log = logging.getLogger(__name__)
 
 #: Largest WebSocket message this side sends; the receiving side accepts twice that.
-MAX_MESSAGE = 4 * 1024 * 1024
+MAX_MESSAGE = 1024 * 1024
 #: Above this many queued outbound bytes, producers are asked to pause (``congested``).
 HIGH_WATER = 8 * 1024 * 1024
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 #: Connections still waiting for their HELLO beyond this are refused (503), so unauthenticated
 #: clients cannot hold an unbounded number of sessions for HELLO_TIMEOUT each.
-MAX_PENDING_HANDSHAKES = 256
+MAX_PENDING_HANDSHAKES = 64
 EDGE_KEY: web.AppKey["Edge"] = web.AppKey("edge")
 
 
