@@ -172,7 +172,8 @@ class Exchange:
         fwd.append(("X-Forwarded-Proto", proto.scheme))
         fwd.append(("X-Forwarded-Host", host))
         fwd.append(("X-Request-Id", self.request_id))
-        if expect and expect.lower() == "100-continue" and not self.request_done and self.version == "1.1":
+        if (expect and expect.lower() == "100-continue" and self.has_body and not self.request_done
+                and self.version == "1.1"):
             proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if stub is not None:
             run_worker(self, stub, host, fwd)
