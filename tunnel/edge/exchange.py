@@ -48,7 +48,7 @@ class Exchange:
                  "chunked", "close_after", "unacked", "request_id", "upgraded", "has_body",
                  "awaiting_request_end", "retried", "tunnel", "stats", "started_at", "status",
                  "edge_reason", "bytes_out", "recorded", "target", "content_length", "client_body",
-                 "pending_call", "worker_task", "body_waiter", "upgrade_refused", "remaining", "client_ip")
+                 "pending_call", "worker_task", "body_waiter", "upgrade_refused", "remaining", "client_ip", "head_out")
 
     def __init__(self, proto: "PublicProtocol"):
         self.proto = proto
@@ -93,6 +93,7 @@ class Exchange:
         self.upgrade_refused = False
         self.remaining: int | None = None  # response body bytes still due (None: not length-framed)
         self.client_ip = ""  # what workers see as request.cf.clientIp
+        self.head_out: bytes | None = None  # a response head not written yet (write_head)
 
     # ------------------------------------------------------------------ request side
     def start(self) -> None:
@@ -356,7 +357,17 @@ class Exchange:
             headers.append(("Connection", "close"))
         elif self.version == "1.0":
             headers.append(("Connection", "keep-alive"))
-        proto.write(http1.head_bytes(f"HTTP/1.1 {status} {reason or http1.REASONS.get(status, 'Status')}", headers))
+        # The head leaves with the first body bytes (one write, one syscall) or at the end of this
+        # loop turn at the latest, so a slow first chunk (SSE) never holds the head back.
+        self.head_out = http1.head_bytes(f"HTTP/1.1 {status} {reason or http1.REASONS.get(status, 'Status')}",
+                                         headers)
+        proto.call_soon(self.flush_head)
+
+    def flush_head(self) -> None:
+        """Write the response head if it is still waiting (see write_head)."""
+        head, self.head_out = self.head_out, None
+        if head is not None:
+            self.proto.write(head)
 
     def on_data(self, data: bytes, end_stream: bool) -> None:
         """Response body bytes (or raw bytes after an upgrade)."""
@@ -372,7 +383,15 @@ class Exchange:
             if proto.closed:
                 self.session.conn.consumed(self.stream_id, len(data))
             else:
-                proto.transport.write(http1.chunk(data) if self.chunked else data)
+                out = http1.chunk(data) if self.chunked else data
+                head = self.head_out
+                if head is not None:
+                    self.head_out = None
+                    if len(out) <= 65536:
+                        out = head + out
+                    else:
+                        proto.transport.write(head)
+                proto.transport.write(out)
                 if proto.write_paused:
                     self.unacked += len(data)
                 else:
@@ -394,8 +413,9 @@ class Exchange:
         self.response_done = True
         self.record()
         if not self.proto.closed:
+            self.flush_head()
             self.proto.closed = True
-            self.proto.transport.abort()
+            self.proto.transport.close()  # what was written (within the framing) still leaves
 
     def grant_credit(self) -> None:
         """The client socket drained: let the connector send what we held back."""
@@ -442,8 +462,11 @@ class Exchange:
                 proto.transport.close()
                 proto.closed = True
             return
+        head, self.head_out = self.head_out, None
         if self.chunked:
-            proto.write(http1.LAST_CHUNK)
+            proto.write(head + http1.LAST_CHUNK if head is not None else http1.LAST_CHUNK)
+        elif head is not None:
+            proto.write(head)
         if self.session is not None:
             self.session.finished(self.stream_id)
         if not self.request_done:

@@ -183,6 +183,9 @@ class PublicProtocol(asyncio.Protocol):
     def loop_time(self) -> float:
         return self._loop.time()
 
+    def call_soon(self, callback) -> None:
+        self._loop.call_soon(callback)
+
     @property
     def busy(self) -> bool:
         """Whether a request on this connection is in flight (or it is an upgraded relay)."""

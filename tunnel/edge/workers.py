@@ -293,6 +293,7 @@ def respond(exchange: "Exchange", response: Response) -> None:
         exchange.write_head(status, "", headers, True)
         if data and exchange.method != "HEAD" and http1.response_has_body(exchange.method, status):
             exchange.bytes_out += len(data)
+            exchange.flush_head()
             exchange.proto.write(data)
         exchange.finish_body()
         return
@@ -347,6 +348,7 @@ async def _write_stream(exchange: "Exchange", body: Any) -> None:
             if not chunk:
                 continue
             exchange.bytes_out += len(chunk)
+            exchange.flush_head()
             proto.write(http1.chunk(chunk) if exchange.chunked else chunk)
             if proto.write_paused:
                 await proto.wait_writable()
