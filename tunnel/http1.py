@@ -32,22 +32,34 @@ def strip_hop_by_hop(headers: list[tuple[str, str]], keep_upgrade: bool = False,
     With ``keep_upgrade`` the ``Connection: upgrade`` / ``Upgrade`` pair survives, as a proxy
     must forward it for a WebSocket handshake.
     """
-    listed: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            listed.update(t.lower() for t in _TOKEN_SPLIT.split(value.strip()) if t)
-    drop = HOP_BY_HOP | listed | also if listed or also else HOP_BY_HOP
+    drop = _drop_set(also)
     out = []
+    listed: set[str] | None = None
     for name, value in headers:
         lname = name.lower()
         if lname in drop:
-            if keep_upgrade and lname == "upgrade":
+            if lname == "connection":
+                tokens = {t.lower() for t in _TOKEN_SPLIT.split(value.strip()) if t}
+                listed = tokens if listed is None else listed | tokens
+            elif keep_upgrade and lname == "upgrade":
                 out.append((name, value))
             continue
         out.append((name, value))
+    if listed:  # rare: headers named in Connection are hop-by-hop too
+        out = [(n, v) for n, v in out if n.lower() not in listed or (keep_upgrade and n.lower() == "upgrade")]
     if keep_upgrade:
         out.append(("Connection", "Upgrade"))
     return out
+
+
+_DROP_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _drop_set(also: frozenset[str]) -> frozenset[str]:
+    drop = _DROP_SETS.get(also)
+    if drop is None:
+        drop = _DROP_SETS[also] = HOP_BY_HOP | also
+    return drop
 
 
 def get_header(headers: list[tuple[str, str]], name: str) -> str | None:
