@@ -188,6 +188,7 @@ def bytecode_enabled() -> bool:
 _ENTROPY_BYTES = 16384
 _NO_LIMIT = -1.0
 _MAX_TRACKED = 4096
+_RUNTIME_LIMIT_S = 0.25
 
 
 class IsolateFailure(Exception):
@@ -245,6 +246,9 @@ class Isolate:
     def __init__(self, plan: Plan, main: str, env_json: str, bindings: list[str], outbound: bool,
                  cpu_limit_s: float, memory_limit: int, load_cpu_limit_s: float):
         self.cpu_limit_s = cpu_limit_s
+        # bound for the runtime's own work after a turn (flush, entropy refill): it runs no worker
+        # code, but a bound means that nothing in the isolate can ever run unlimited
+        self.runtime_limit_s = max(cpu_limit_s, _RUNTIME_LIMIT_S)
         self.cpu_used: dict[int, float] = {}
         self.turns = 0
         ctx = self.ctx = quickjs.Context()
@@ -303,7 +307,7 @@ class Isolate:
                         raise IsolateFailure("memory", "Error", "Worker exceeded memory limit.", stack)
                     raise IsolateFailure("load", ev["ename"], ev["message"], stack)
         call(self._host, json.dumps({"t": "start", "main": main}))
-        ctx.set_time_limit(_NO_LIMIT)
+        ctx.set_time_limit(self.runtime_limit_s)
         self.pending_events = [ev for ev in self._take() if ev.get("t") == "log"]
 
     def _near_memory_limit(self, limit: int) -> bool:
@@ -351,14 +355,16 @@ class Isolate:
                 ctx.set_time_limit(remaining)
                 if not ctx.execute_pending_job():
                     break
-            ctx.set_time_limit(_NO_LIMIT)
+            # every value of the worker was serialised by the runtime during the turn (emit), so
+            # flush only joins JSON texts; it still runs under a bound (the runtime's own limit)
+            ctx.set_time_limit(self.runtime_limit_s)
             raw = self._flush()
             ok = True
         except quickjs.JSException as exc:
             raise _classify(exc) from None
         finally:
             # charged: up to the last clock read (the empty job check and the runtime's own
-            # serialisation in flush after it are not the worker's code)
+            # flush after it are not the worker's code)
             used[rid] = used.get(rid, 0.0) + (now if ok else clock()) - start
             if len(used) > _MAX_TRACKED:  # turns after a request ended (timers) are not cleaned up otherwise
                 del used[next(iter(used))]
@@ -370,7 +376,7 @@ class Isolate:
             for r in ended.split(","):
                 self.cpu_used.pop(int(r), None)
         if '"t":"entropy"' in raw:
-            try:
+            try:  # still under the runtime's bound set above
                 self._host('{"t":"entropy"}', os.urandom(_ENTROPY_BYTES).decode("latin-1"))
             except quickjs.JSException as exc:
                 raise _classify(exc) from None

@@ -16,7 +16,15 @@
     "It must use capabilities (such as bindings in 'env') to talk to the outside world.";
 
   const def = (obj, name, value) => Object.defineProperty(obj, name, {value, writable: true, configurable: true, enumerable: false});
-  const emit = (ev) => { out.push(ev); };
+  // The built-ins the runtime needs outside a worker's CPU-limited turn (flush, entropy
+  // refills), taken before any worker code runs: a worker may replace the global ones.
+  const apply = Reflect.apply, stringify = JSON.stringify, parse = JSON.parse;
+  const arrayJoin = Array.prototype.join, strSlice = String.prototype.slice;
+  // Every event is serialised here, inside the turn of the code that emits it: a worker's value
+  // (a binding argument, request.cf, a Response field) with a hostile toJSON or getter runs under
+  // the request's CPU limit, never in flush() after the turn. Throws (cyclic values, BigInt, …)
+  // reach the emitting code.
+  const emit = (ev) => { out.push(apply(stringify, JSON, [ev])); };
   const ended = [];  // rids finished since the last flush (lets the host skip parsing events)
   const MAX_PENDING_OPS = 10000;
   function op(o) {

@@ -23,8 +23,9 @@
   function respond(rid, r, waits) {
     if (!(r instanceof Response)) throw new TypeError('Incorrect type for Promise: the Promise did not resolve to \'Response\'.');
     const ev = {t: 'res', rid, ok: true, res: serRes(r)};
-    if (!waits.length) { ev.end = true; ended.push(rid); }
-    emit(ev);
+    if (!waits.length) ev.end = true;
+    emit(ev);  // may throw (a value that does not serialise): then failed() reports the request
+    if (!waits.length) ended.push(rid);
     if (waits.length) finish(rid, waits);
   }
   function failed(rid, e, waits) {
@@ -46,7 +47,7 @@
     }, (e) => failed(rid, e, waits));
   }
   function host(json, payload) {
-    const m = JSON.parse(json);
+    const m = parse(json);
     switch (m.t) {
       case 'req': dispatch(m); break;
       case 'done': {
@@ -58,7 +59,7 @@
         else p.resolve(m.v);
         break;
       }
-      case 'entropy': entropy = entropy.slice(entropyPos) + payload; entropyPos = 0; break;
+      case 'entropy': entropy = apply(strSlice, entropy, [entropyPos]) + payload; entropyPos = 0; break;
       case 'init': {
         env = JSON.parse(m.env);
         for (const b of m.bindings) env[b] = makeBinding(b);
@@ -87,8 +88,9 @@
   // Returns "" or "<ended rids, comma-separated>|<events JSON>".
   function flush() {
     if (!out.length) return '';
-    // join() builds a flat string; '+' may build a rope, which the binding cannot return.
-    const s = [ended.join(','), JSON.stringify(out)].join('|');
+    // join() builds a flat string; '+' may build a rope, which the binding cannot return. The
+    // events are JSON text already (emit): nothing here can reach worker code.
+    const s = apply(arrayJoin, [apply(arrayJoin, ended, [',']), '|[', apply(arrayJoin, out, [',']), ']'], ['']);
     out.length = 0;
     ended.length = 0;
     return s;
