@@ -9,6 +9,7 @@ through ``tunnel.edge.workers`` for the heads; their bodies still flow here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -275,7 +276,6 @@ class Exchange:
 
     async def iterate_request_body(self):
         """Worker mode, when the worker reads the body: yield it chunk by chunk."""
-        import asyncio
         while True:
             while self.pending:
                 chunk = self.pending.popleft()
