@@ -69,10 +69,14 @@ class Instance:
         self.inflight: dict[int, Req] = {}
         self.handles: dict[int, Any] = {}
         self.closable: set[int] = set()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[asyncio.Task, dict] = {}     # running ops → their event (``rid``, ``id``)
+        self.cancelled: dict[int, None] = {}          # rids the caller gave up on (the last few)
         self.loaded: asyncio.Future | None = None
         self.requests = 0
         self.on_idle: Callable[["Instance"], None] | None = None
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
 
 
 def shard_binding_names(code: WorkerCode) -> list[str]:
@@ -99,11 +103,16 @@ def release_handles(inst: Instance, req: Req) -> None:
             inst.closable.discard(h)
             # a binding's streaming response body the worker dropped: close it so the producer
             # (e.g. the edge's origin stream) is released
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-                task = asyncio.get_running_loop().create_task(_close_quietly(aclose))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+            close_later(body)
+
+
+def close_later(body: Any) -> None:
+    """Close a body nobody will read (``await body.aclose()`` in the background, if it has one)."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+        task = asyncio.get_running_loop().create_task(_close_quietly(aclose))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
 
 def body_from_wire(inst: Instance, b: dict | None) -> Any:

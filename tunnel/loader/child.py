@@ -104,6 +104,21 @@ class Child:
         if iso.turns % _MEM_EVERY == 0:
             out.append({"t": "mem", "wid": wid, "bytes": iso.memory()})
 
+    def cancel(self, wid: int, rid: int, ops: list, out: list) -> None:
+        """The loader gave up on request ``rid``: drop what the isolate holds for it."""
+        iso = self.isolates.get(wid)
+        if iso is None:
+            return
+        try:
+            iso.cancel(rid, [int(i) for i in ops])
+        except Exception as exc:  # the runtime could not even forget: the isolate is suspect
+            if not isinstance(exc, IsolateFailure):
+                exc = IsolateFailure("script", "InternalError", f"engine error: {type(exc).__name__}: {exc}")
+            del self.isolates[wid]
+            iso.close()
+            out.append({"t": "dead", "wid": wid, "rid": rid, "kind": exc.kind, "name": exc.name,
+                        "message": exc.message, "stack": exc.stack})
+
     def handle(self, m: dict, blob: bytes, out: list, js: list) -> None:
         """Handle one message from the loader; append loader events to ``out`` and
         ``(wid, rid, raw JSON)`` runtime event batches to ``js``."""
@@ -119,6 +134,8 @@ class Child:
             self.run(m["wid"], m["rid"], blob[:n].decode("latin-1"), payload, out, js)
         elif t == "load":
             self.load(m, blob, out)
+        elif t == "cancel":
+            self.cancel(m["wid"], m["rid"], m.get("ops") or [], out)
         elif t == "drop":
             iso = self.isolates.pop(m["wid"], None)
             if iso is not None:

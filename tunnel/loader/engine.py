@@ -386,6 +386,24 @@ class Isolate:
         """Forget the CPU accounting of a finished request."""
         self.cpu_used.pop(rid, None)
 
+    def cancel(self, rid: int, ops: list[int]) -> None:
+        """Forget a request the host gave up on: its CPU accounting and, in the runtime, the host
+        operations ``ops`` it was waiting for (and the timers behind them).
+
+        No worker code runs (the runtime uses built-ins it captured at start), and the call is
+        bounded anyway. Raises:
+            IsolateFailure: the runtime did not complete it; discard the isolate.
+        """
+        self.cpu_used.pop(rid, None)
+        if not ops:
+            return
+        ctx = self.ctx
+        try:
+            ctx.set_time_limit(self.runtime_limit_s)
+            self._host(json.dumps({"t": "cancel", "ops": ops}))
+        except quickjs.JSException as exc:
+            raise _classify(exc) from None
+
     def memory(self) -> int:
         """Return the bytes the runtime's allocator currently holds (QuickJS ``malloc_size``)."""
         return int(self.ctx.memory()["malloc_size"])

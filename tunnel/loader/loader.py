@@ -75,6 +75,8 @@ class WorkerStub:
                 is remembered). WorkerScriptError: the handler threw or returned a non-Response.
             CpuLimitExceeded / MemoryLimitExceeded: a limit was hit (the isolate was discarded).
             WorkerUnavailable: the isolate was discarded under this request, or the loader is closed.
+        Cancelling the call (e.g. ``asyncio.wait_for``'s timeout) abandons the request: the loader
+        and its isolate forget it (pending host operations, body handles, its timers).
         """
         loader = self._loader
         entry = loader._entry(self.key, self._factory, count=False)

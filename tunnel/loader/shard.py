@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Callable
 
-from .bridge import Instance, Limits, Req, add_handle, release_handles, response_from_wire, run_op
+from .bridge import Instance, Limits, Req, add_handle, close_later, release_handles, response_from_wire, run_op
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
 from .protocol import FrameBuffer, ProtocolError, encode, encode_hot
@@ -32,6 +32,7 @@ log = logging.getLogger("tunnel.loader")
 worker_log = logging.getLogger("tunnel.loader.worker")
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _START_TIMEOUT_S = 30.0
+_MAX_CANCELLED = 1024
 
 
 class Shard:
@@ -274,9 +275,14 @@ class Shard:
             self._end(inst, ev["rid"])
         elif t == "op":
             ev["rid"] = turn_rid
+            if turn_rid in inst.cancelled:
+                # from a turn of a request the caller gave up on (it ran before the shard got the
+                # cancel): not performed, and the runtime forgets it too
+                self._send_cancel(inst, turn_rid, [ev["id"]])
+                return
             task = asyncio.get_running_loop().create_task(self._op(inst, ev))
-            inst.tasks.add(task)
-            task.add_done_callback(inst.tasks.discard)
+            inst.tasks[task] = ev
+            task.add_done_callback(inst.task_done)
         elif t == "log":
             worker_log.log(_LOG_LEVELS.get(ev.get("l"), logging.INFO), "[%s] %s", inst.key, ev.get("m", ""))
 
@@ -388,7 +394,43 @@ class Shard:
         except WorkerError:
             inst.inflight.pop(rid, None)
             raise
-        return await req.future
+        try:
+            return await req.future
+        except asyncio.CancelledError:  # the caller gave up (e.g. asyncio.wait_for's timeout)
+            self._cancel(inst, req, request)
+            raise
+
+    def _cancel(self, inst: Instance, req: Req, request: Request) -> None:
+        """Forget a request whose caller was cancelled: its in-flight entry, body handles and
+        running ops here, and (``cancel`` message) what the isolate holds for it."""
+        fut = req.future
+        if fut.done() and not fut.cancelled():
+            # the answer arrived as the caller gave up: the request runs to its end (waitUntil),
+            # but nobody will read that response's body
+            if fut.exception() is None and fut.result().body is not request.body:
+                close_later(fut.result().body)
+            return
+        rid = req.rid
+        if inst.inflight.get(rid) is not req:  # already ended or discarded
+            return
+        del inst.inflight[rid]
+        release_handles(inst, req)
+        ops = []
+        for task, ev in list(inst.tasks.items()):
+            if ev["rid"] == rid and not task.done():
+                task.cancel()
+                ops.append(ev["id"])
+        cancelled = inst.cancelled
+        cancelled[rid] = None
+        if len(cancelled) > _MAX_CANCELLED:
+            del cancelled[next(iter(cancelled))]
+        self._send_cancel(inst, rid, ops)
+        if not inst.inflight and inst.retired:
+            self.drop(inst)
+
+    def _send_cancel(self, inst: Instance, rid: int, ops: list[int]) -> None:
+        if inst.alive and self.transport is not None:
+            self._send({"t": "cancel", "wid": inst.wid, "rid": rid, "ops": ops}, b"", inst.wid, rid)
 
     def drop(self, inst: Instance) -> None:
         """Discard an isolate now (its in-flight requests fail with ``WorkerUnavailable``)."""

@@ -17,9 +17,10 @@
 
   const def = (obj, name, value) => Object.defineProperty(obj, name, {value, writable: true, configurable: true, enumerable: false});
   // The built-ins the runtime needs outside a worker's CPU-limited turn (flush, entropy
-  // refills), taken before any worker code runs: a worker may replace the global ones.
+  // refills, cancel), taken before any worker code runs: a worker may replace the global ones.
   const apply = Reflect.apply, stringify = JSON.stringify, parse = JSON.parse;
   const arrayJoin = Array.prototype.join, strSlice = String.prototype.slice;
+  const mapDelete = Map.prototype.delete, mapForEach = Map.prototype.forEach;
   // Every event is serialised here, inside the turn of the code that emits it: a worker's value
   // (a binding argument, request.cf, a Response field) with a hostile toJSON or getter runs under
   // the request's CPU limit, never in flush() after the turn. Throws (cyclic values, BigInt, …)

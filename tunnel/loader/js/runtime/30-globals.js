@@ -21,19 +21,22 @@
   const timers = new Map();
   let nextTimer = 1;
   function armTimer(id, ms) {
-    op({op: 'timer', ms: Math.max(0, Number(ms) || 0)}).then(() => {
+    const o = {op: 'timer', ms: Math.max(0, Number(ms) || 0)};
+    op(o).then(() => {
       const t = timers.get(id);
       if (!t) return;
       if (t.repeat) armTimer(id, t.ms); else timers.delete(id);
       t.fn(...t.args);
     });
+    const t = timers.get(id);
+    if (t) t.op = o.id;  // the host op the timer waits for (a cancelled request drops it)
   }
   const MAX_TIMERS = 1000;
   function setTimeout(fn, ms = 0, ...args) {
     if (typeof fn !== 'function') throw new TypeError('setTimeout requires a function');
     if (timers.size >= MAX_TIMERS) throw new RangeError(`too many active timers (${MAX_TIMERS})`);
     const id = nextTimer++;
-    timers.set(id, {fn, args, ms, repeat: false});
+    timers.set(id, {fn, args, ms, repeat: false, op: 0});
     armTimer(id, ms);
     return id;
   }

@@ -60,6 +60,20 @@
         break;
       }
       case 'entropy': entropy = apply(strSlice, entropy, [entropyPos]) + payload; entropyPos = 0; break;
+      case 'cancel': {
+        // the host gave up on a request: forget the host operations it was waiting for (their
+        // continuations become garbage) and the timers behind them. No worker code runs here.
+        const ops = m.ops;
+        for (let i = 0; i < ops.length; i++) apply(mapDelete, pending, [ops[i]]);
+        if (ops.length) {
+          const drop = [];
+          apply(mapForEach, timers, [(t, id) => {
+            for (let i = 0; i < ops.length; i++) if (t.op === ops[i]) { drop[drop.length] = id; break; }
+          }]);
+          for (let i = 0; i < drop.length; i++) apply(mapDelete, timers, [drop[i]]);
+        }
+        break;
+      }
       case 'init': {
         env = JSON.parse(m.env);
         for (const b of m.bindings) env[b] = makeBinding(b);
