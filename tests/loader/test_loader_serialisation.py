@@ -124,3 +124,16 @@ async def test_patched_builtins_do_not_stall_the_runtime(name):
         assert await (await bystander.fetch(get())).read() == b"ok"
         assert await (await stub.fetch(get())).read() == b"fine"
         assert ld.stats()["shards"][0]["kills"] == 0
+
+
+async def test_a_value_that_does_not_serialise_rejects_in_the_worker(loader):
+    # serialised when the binding is called: the worker can catch it, the isolate stays
+    src = """export default { async fetch(req, env) {
+      const a = {}; a.a = a;
+      const out = [];
+      for (const v of [a, 1n]) { try { await env.B.m(v); out.push('sent') } catch (e) { out.push(e.name) } }
+      return new Response(out.join(',')) } }"""
+    stub = loader.get("unserialisable", CountingFactory(code(src, env={"B": Binding()})))
+    for _ in range(2):
+        assert await (await stub.fetch(get())).read() == b"TypeError,TypeError"
+    assert loader.stats()["reloads"] == 0
