@@ -12,7 +12,9 @@ import pytest
 
 from tests.tunnel.conftest import start_origin
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "examples" / "edge-config.yaml"
+_SHARED = Path(__file__).resolve().parents[3] / "shared" / "examples" / "edge-config.yaml"
+# The shared reference when it is beside the checkout, else the copy taken from it.
+REFERENCE = _SHARED if _SHARED.exists() else Path(__file__).resolve().parents[1] / "fixtures" / "edge-config.yaml"
 WEB = "web.localhost"
 
 
