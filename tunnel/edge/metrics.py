@@ -22,7 +22,7 @@ class TunnelStats:
     """Counters of one tunnel, bumped on the request path."""
 
     __slots__ = ("origin_responses", "edge_responses", "worker_errors", "buckets", "duration_sum",
-                 "duration_count", "bytes_in", "bytes_out", "in_flight")
+                 "bytes_in", "bytes_out", "in_flight")
 
     def __init__(self) -> None:
         self.origin_responses: dict[int, int] = {}
@@ -30,7 +30,6 @@ class TunnelStats:
         self.worker_errors: dict[str, int] = {}
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
-        self.duration_count = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.in_flight = 0
@@ -44,7 +43,6 @@ class TunnelStats:
             self.edge_responses[key] = self.edge_responses.get(key, 0) + 1
         self.buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
-        self.duration_count += 1
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
 
