@@ -7,7 +7,8 @@ import random
 
 from tunnel.loader import Loader, Request
 
-from .conftest import run
+from .conftest import code, run
+from .test_loader_bindings import Tunnel
 
 COMPARE = """export default { async fetch(req) {
   const urls = await req.json();
@@ -95,3 +96,36 @@ async def test_url_object_behaviour_on_both_paths(loader):
         "http://u:p@other.example/p%20q?k=v", "http://u:p@other.example/p%20q?k=v", '{"u":"http://u:p@other.example/p%20q?k=v"}',
         True, "[object URL]",
         "https://base.example/rel?x", False, "http://a/b"]
+
+
+SUBCLASS = """const MENTION = "URL";
+class Tagged extends Request {
+  get tag() { return "t"; }
+  label() { return "tagged:" + this.method; }
+}
+export default { async fetch(request, env) {
+  const t = new Tagged(request.url, {method: "POST", headers: {"x-a": "1"}, body: "b"});
+  const r = [t.tag, t.label(), t instanceof Tagged, t instanceof Request, Object.getPrototypeOf(t) === Tagged.prototype,
+             Request.prototype.constructor === Request, new Request(request.url).constructor === Request,
+             Object.prototype.toString.call(t), t.url, t.headers.get("x-a"), await t.text()];
+  const p = new Request(request.url, {method: "POST", body: new URLSearchParams("a=1&b=2")});
+  r.push(p.headers.get("content-type"), await p.text());
+  await env.B.fetch(new Tagged(request.url, {headers: {"x-from": "tagged"}}));
+  await fetch(new Tagged("https://api.example.com/q"), {method: "POST", body: new URLSearchParams({k: "v w"})});
+  return Response.json(r) } }"""
+
+
+async def test_request_subclass_survives_the_url_polyfill(loader):
+    # core-js (web/url-search-params) wraps a global Request and fetch it finds: `new Tagged()` then
+    # returned a plain Request (the subclass's getters and methods were lost)
+    binding, outbound = Tunnel(), Tunnel()
+    _, body = await run(loader, "subclass", code(SUBCLASS, env={"B": binding}, global_outbound=outbound))
+    assert json.loads(body) == [
+        "t", "tagged:POST", True, True, True, True, True, "[object Request]", "http://web.localhost/x", "1", "b",
+        "application/x-www-form-urlencoded;charset=UTF-8", "a=1&b=2"]
+    (py_req, rest), = binding.calls
+    assert isinstance(py_req, Request) and (py_req.method, py_req.url, py_req.headers["x-from"], rest) == (
+        "GET", "http://web.localhost/x", "tagged", ())
+    (py_req, rest), = outbound.calls
+    assert isinstance(py_req, Request) and (py_req.method, py_req.url, py_req.body) == ("POST", "https://api.example.com/q", b"k=v+w")
+    assert py_req.headers["content-type"] == "application/x-www-form-urlencoded;charset=UTF-8"

@@ -260,6 +260,7 @@ class Isolate:
             ctx.set_time_limit(_NO_LIMIT)  # trusted vendored code; the ctypes path bypasses the binding
             if fast is None or not fast.run(ctx, "runtime.js"):
                 ctx.eval(_RUNTIME_SRC)
+            # before 'init', which installs the runtime's globals: core-js finds no fetch/Request to wrap
             if plan.uses_url and (fast is None or not fast.run(ctx, "url.js")):
                 ctx.eval(_URL_SRC)
             ctx.set_time_limit(load_cpu_limit_s)

@@ -145,6 +145,12 @@
       throw e;
     }
   }
-  for (const [k, v] of Object.entries({CryptoKey, structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
-    clearTimeout, clearInterval: clearTimeout, crypto, ExecutionContext, navigator: {userAgent: 'tunnel-loader (QuickJS)'}})) def(G, k, v);
+  // The worker-visible globals are installed by the host's 'init' message (50-host.js), i.e. after
+  // the URL polyfill, which engine.py evaluates between this runtime and 'init'. core-js
+  // (web/url-search-params) wraps a global fetch and Request that it finds, so that they accept a
+  // URLSearchParams body (bodyFrom does that already); over its Request wrapper, `class X extends
+  // Request` got plain Requests, without X's own methods and getters. It wraps nothing it does not find.
+  const GLOBALS = {CryptoKey, structuredClone, Headers, Request, Response, ReadableStream, fetch, console, setTimeout, setInterval,
+    clearTimeout, clearInterval: clearTimeout, crypto, ExecutionContext, navigator: {userAgent: 'tunnel-loader (QuickJS)'}};
+  function installGlobals() { for (const [k, v] of Object.entries(GLOBALS)) def(G, k, v); }
 

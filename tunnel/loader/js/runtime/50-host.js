@@ -75,6 +75,7 @@
         break;
       }
       case 'init': {
+        installGlobals();  // after the URL polyfill (see 30-globals.js)
         env = JSON.parse(m.env);
         for (const b of m.bindings) env[b] = makeBinding(b);
         outbound = m.outbound;
