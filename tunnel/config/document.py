@@ -55,7 +55,12 @@ def canonical_json(doc: Any) -> str:
 
 def content_hash(doc: Any) -> str:
     """The content hash of a document: ``sha256:<hex>`` of its canonical JSON (key order ignored)."""
-    return "sha256:" + hashlib.sha256(canonical_json(doc).encode("ascii")).hexdigest()
+    return canonical_hash(canonical_json(doc))
+
+
+def canonical_hash(canonical: str) -> str:
+    """``sha256:<hex>`` of canonical JSON text (what ``content_hash`` and ``Config.hash`` return)."""
+    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def redact_document(doc: Mapping[str, Any]) -> dict[str, Any]:

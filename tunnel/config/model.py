@@ -328,6 +328,6 @@ class Config:
     @property
     def hash(self) -> str:
         """The document's content hash (``sha256:<hex>`` of its canonical JSON)."""
-        import hashlib
+        from tunnel.config.document import canonical_hash  # document imports nothing of the model
 
-        return "sha256:" + hashlib.sha256(self.canonical_json.encode("ascii")).hexdigest()
+        return canonical_hash(self.canonical_json)
