@@ -27,7 +27,9 @@ function begin(request) {
   end = end < 0 ? href.length : start + end;
   let host = href.slice(start, end);
   if (host.indexOf("@") >= 0) host = host.slice(host.lastIndexOf("@") + 1);
-  host = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0];
+  // as routing normalises the Host (tunnel.config.patterns.normalize_host): no port, no trailing dots
+  if (host.startsWith("[")) host = host.slice(0, host.indexOf("]") + 1);
+  else host = (host.indexOf(":") >= 0 && host.indexOf(":") === host.lastIndexOf(":") ? host.slice(0, host.indexOf(":")) : host).replace(/\.+$/, "");
   let rest = href.slice(end);
   if (rest.indexOf("#") >= 0) rest = rest.slice(0, rest.indexOf("#"));
   const q = rest.indexOf("?");
@@ -131,9 +133,9 @@ function matchHeaders(st, pairs) {
 }
 ''')
 
-_helper("queryParam", (), r'''
-// The first value of a query parameter (form-decoded, as URLSearchParams does), or null.
-function queryParam(st, name) {
+_helper("queryValues", (), r'''
+// Every value of a query parameter (form-decoded, as URLSearchParams does), in order; [] if absent.
+function queryValues(st, name) {
   if (st.query === undefined) {
     st.query = new Map();
     const decode = (s) => {
@@ -144,19 +146,21 @@ function queryParam(st, name) {
       if (part === "") continue;
       const eq = part.indexOf("=");
       const key = decode(eq < 0 ? part : part.slice(0, eq));
-      if (!st.query.has(key)) st.query.set(key, eq < 0 ? "" : decode(part.slice(eq + 1)));
+      const value = eq < 0 ? "" : decode(part.slice(eq + 1));
+      const list = st.query.get(key);
+      if (list === undefined) st.query.set(key, [value]);
+      else list.push(value);
     }
   }
-  const value = st.query.get(name);
-  return value === undefined ? null : value;
+  return st.query.get(name) || [];
 }
 ''')
 
-_helper("matchQuery", ("queryParam", "globMatch"), r'''
+_helper("matchQuery", ("queryValues", "globMatch"), r'''
+// Each pair must match, and a pair matches when any value of a repeated parameter does.
 function matchQuery(st, pairs) {
   for (const [name, glob] of pairs) {
-    const value = queryParam(st, name);
-    if (value === null || !globMatch(glob, value)) return false;
+    if (!queryValues(st, name).some((value) => globMatch(glob, value))) return false;
   }
   return true;
 }

@@ -11,6 +11,7 @@
     ├── EdgeHTTPError                 a public request the edge answers itself (status + reason)
     │   ├── UnknownHost               404 unknown-host
     │   ├── NoConnector               530 no-connector
+    │   ├── AtCapacity                503 at-capacity (every connection holds its most streams)
     │   ├── OriginUnreachable         502 origin-unreachable
     │   ├── OriginTimeout             504 origin-timeout
     │   ├── HeadTooLarge              431 head-too-large
@@ -84,6 +85,10 @@ class UnknownHost(EdgeHTTPError):
 
 class NoConnector(EdgeHTTPError):
     status, reason, title = 530, "no-connector", "The tunnel has no connected connector"
+
+
+class AtCapacity(EdgeHTTPError):
+    status, reason, title = 503, "at-capacity", "The tunnel is at capacity; retry shortly"
 
 
 class OriginUnreachable(EdgeHTTPError):

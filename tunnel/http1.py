@@ -90,3 +90,64 @@ LAST_CHUNK = b"0\r\n\r\n"
 def response_has_body(method: str, status: int) -> bool:
     """Whether a response to ``method`` with ``status`` carries a body (RFC 9112 §6.3)."""
     return not (method == "HEAD" or status in (204, 304) or 100 <= status < 200)
+
+
+# ---------------------------------------------------------------------- request paths (docs/config.md)
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_REFUSED_BYTES = {0x2F: "an encoded slash (%2F)", 0x5C: "an encoded backslash (%5C)", 0x00: "an encoded NUL (%00)"}
+
+
+def normalize_target(target: str) -> str:
+    """The request target as the edge matches and forwards it when a tunnel looks at paths.
+
+    The path (not the query) is normalised as RFC 3986 §6.2.2 says, and as most origins do
+    before they route: percent-encoded unreserved characters are decoded (``%61`` → ``a``),
+    other escapes are kept with upper-case hex, bytes outside ASCII are percent-encoded,
+    dot-segments are removed (``/x/../a`` → ``/a``, also when spelled ``%2e%2e``) and repeated
+    slashes are merged (``//a`` → ``/a``, as nginx's ``merge_slashes``). ``*`` (OPTIONS) is kept.
+
+    Raises:
+        ValueError: for what could be read two ways by an origin and cannot be normalised
+            safely: an encoded slash, backslash or NUL, a raw backslash, a malformed escape, or a
+            target that is not origin-form. The edge answers 400.
+    """
+    path, sep, query = target.partition("?")
+    if not path.startswith("/"):
+        if target == "*":
+            return target
+        raise ValueError("the request target must start with '/'")
+    if "%" not in path and "//" not in path and "/." not in path and "\\" not in path and path.isascii():
+        return target
+    out: list[str] = []
+    i, n = 0, len(path)
+    while i < n:
+        c = path[i]
+        if c == "%":
+            digits = path[i + 1:i + 3]
+            if len(digits) != 2 or not _HEX.issuperset(digits):
+                raise ValueError("the path has a malformed percent-escape")
+            byte = int(digits, 16)
+            if byte in _REFUSED_BYTES:
+                raise ValueError(f"the path holds {_REFUSED_BYTES[byte]}")
+            char = chr(byte)
+            out.append(char if char in _UNRESERVED else "%" + digits.upper())
+            i += 3
+            continue
+        if c == "\\":
+            raise ValueError("the path holds a backslash")
+        out.append(c if c < "\x80" else "%%%02X" % ord(c))  # latin-1: one char per byte
+        i += 1
+    segments = "".join(out).split("/")[1:]
+    kept: list[str] = []
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in ("", "."):
+            kept.append(segment)
+            continue
+        if index == last:  # "/a/", "/a/." and "/a/b/.." all end with a slash
+            kept.append("")
+    return "/" + "/".join(kept) + sep + query

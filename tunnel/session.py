@@ -148,9 +148,9 @@ class Session:
         conn = self.conn
         try:
             async for message in self._messages:
-                self.last_received = time.monotonic()
+                now = self.last_received = time.monotonic()
                 try:
-                    events = conn.receive(message)
+                    events = conn.receive(message, now)
                 except ProtocolError as exc:
                     log.warning("%s: protocol error from peer: %s", self.name, exc)
                     self.close_reason = f"protocol error: {exc}"

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tunnel.loader import Loader, Request, Response
+from tunnel.loader import Loader, Request
 
 from .conftest import CountingFactory, code, get
 

@@ -15,6 +15,7 @@ from tunnel.errors import FrameSizeError, ProtocolError
 from tunnel.protocol import frames as F
 from tunnel.protocol.connection import Connection, Role, Settings, State
 from tunnel.protocol.frames import ErrorCode, Flags, FrameType
+from tunnel.protocol.events import StreamReset
 from tunnel.protocol.messages import RequestHead, ResponseHead
 
 SMALL = Settings(initial_window=4096, max_frame_size=1024, max_streams=4)
@@ -167,11 +168,10 @@ CASES = [
     ("connector_open", "CRLF in the method", head(r'["GET\r\nX: y","/",[],false,null]').hex(), PROTOCOL,
      "bad method"),
     ("connector_open", "LF in the target", head(r'["GET","/\nX",[],false,null]').hex(), PROTOCOL, "bad target"),
-    ("edge_stream", "response head not JSON", head(b"\xff\xfe").hex(), PROTOCOL, "response head is not valid JSON"),
-    ("edge_stream", "response status out of range", head("[42,\"OK\",[]]").hex(), PROTOCOL, "bad status"),
-    ("edge_stream", "CR in a response header", head(r'[200,"OK",[["set-cookie","a\r\nb"]]]').hex(), PROTOCOL,
-     "bad header"),
-    ("edge_stream", "NUL in the reason", head(r'[200,"O\u0000K",[]]').hex(), PROTOCOL, "bad reason"),
+    ("connector_open", "TAB in a request header name", head(r'["GET","/",[["x\ty","v"]],false,null]').hex(),
+     PROTOCOL, "bad header"),
+    ("connector_open", "VT in a request header value", head(r'["GET","/",[["x","a\u000bb"]],false,null]').hex(),
+     PROTOCOL, "bad header"),
     # -- stream states (§5.2)
     ("edge_stream", "DATA before HEADERS", "04 00 00000001 00000002 6869", PROTOCOL, "DATA before HEADERS on stream 1"),
     ("edge_answered", "second HEADERS", head("[200,\"OK\",[]]").hex(), PROTOCOL, "second HEADERS on stream 1"),
@@ -207,6 +207,55 @@ CASES = [
 def test_violation_on_an_open_connection(make_link, setup, name, wire, code, match):
     conn = SETUPS[setup](make_link)
     reject(conn, bytes.fromhex(wire), code, match)
+
+
+# A response head that is wrong in itself (not its framing) fails its stream alone: RST_STREAM
+# PROTOCOL_ERROR goes back, the edge answers that request 502, and the connection carries on.
+RESPONSE_HEADS = [
+    ("not JSON", b"\xff\xfe", "response head is not valid JSON"),
+    ("not an array", '{"status":200}', "3-element array"),
+    ("status out of range", '[42,"OK",[]]', "bad status"),
+    ("status 600", '[600,"OK",[]]', "bad status"),
+    ("interim 100 as final", '[100,"Continue",[]]', "status 100 is not a final response"),
+    ("103 Early Hints as final", '[103,"Early Hints",[["link","</a>"]]]', "status 103 is not a final response"),
+    ("101 to a request that asked for no upgrade", '[101,"Switching Protocols",[]]', "status 101 is not a final"),
+    ("CR in a header value", r'[200,"OK",[["set-cookie","a\r\nb"]]]', "bad header"),
+    ("TAB in a header name", r'[200,"OK",[["x\ty","v"]]]', "bad header"),
+    ("DEL in a header name", r'[200,"OK",[["x\u007fy","v"]]]', "bad header"),
+    ("VT in a header name", r'[200,"OK",[["x\u000by","v"]]]', "bad header"),
+    ("space in a header name", r'[200,"OK",[["x y","v"]]]', "bad header"),
+    ("VT in a header value", r'[200,"OK",[["x","a\u000bb"]]]', "bad header"),
+    ("NUL in the reason", r'[200,"O\u0000K",[]]', "bad reason"),
+    ("head over 64 KiB", json.dumps([200, "OK", [["x-big", "v" * 70000]]]), "exceeds 65536"),
+    ("reason over 64 KiB", json.dumps([200, "x" * 70000, []]), "exceeds 65536"),
+]
+
+
+@pytest.mark.parametrize("name, payload, match", RESPONSE_HEADS, ids=[c[0] for c in RESPONSE_HEADS])
+def test_bad_response_head_fails_only_its_stream(make_link, name, payload, match):
+    link = open_pair(make_link)
+    bad, good = link.edge.open_stream(GET), link.edge.open_stream(GET)
+    link.to_connector()
+    [event] = link.edge.receive(head(payload, stream=bad))
+    assert isinstance(event, StreamReset) and (event.stream_id, event.code) == (bad, PROTOCOL)
+    assert match in event.message
+    [reset] = F.decode(link.edge.data_to_send())
+    assert (reset.type, reset.stream_id, F.parse_reset(reset)[0]) == (FrameType.RST_STREAM, bad, PROTOCOL)
+    assert link.edge.state is State.OPEN and bad not in link.edge.streams
+    # what the connector still sends on it (racing the reset) is dropped; the other stream is served
+    assert link.edge.receive(frame(FrameType.DATA, bad, b"late")) == []
+    link.connector.send_response(good, ResponseHead(200, "OK"), end_stream=True)
+    [answer] = link.edge.receive(link.connector.data_to_send())
+    assert answer.stream_id == good and answer.head.status == 200
+
+
+def test_101_answers_an_upgrade_request(make_link):
+    link = open_pair(make_link)
+    sid = link.edge.open_stream(RequestHead("GET", "/ws", [], upgrade=True))
+    link.to_connector()
+    link.connector.send_response(sid, ResponseHead(101, "Switching Protocols", [("upgrade", "websocket")]))
+    [event] = link.edge.receive(link.connector.data_to_send())
+    assert event.head.status == 101 and link.edge.state is State.OPEN
 
 
 # ---------------------------------------------------------------- size limits before the payload
@@ -290,7 +339,11 @@ EDGE_HANDSHAKE = [
     ("HEADERS first", head('["GET","/",[],false,null]'), "expected HELLO, got HEADERS"),
     ("truncated", bytes.fromhex("00 00 0000"), "truncated frame header"),
     ("not JSON", hello(b"{versions"), "HELLO is not valid JSON"),
-    ("too deep", hello(b"[" * 100_000), "HELLO is nested too deeply"),
+    ("too deep", hello(b"[" * 60_000), "HELLO is nested too deeply"),
+    ("message over 64 KiB", hello({"versions": [1], "token": "t", "pad": "x" * 70_000}),
+     "a 70[0-9]*-byte message before the handshake"),
+    ("a second frame after HELLO", hello({"versions": [1], "token": "t"}) + frame(FrameType.PING, 0, b"\0" * 8),
+     "expected HELLO, got PING"),
     ("not an object", hello([1]), "HELLO must be a JSON object"),
     ("versions not a list", hello({"versions": 1, "token": "t"}), "versions must be a list of integers"),
     ("versions of strings", hello({"versions": ["1"], "token": "t"}), "versions must be a list of integers"),

@@ -139,7 +139,7 @@ async def test_an_oversized_origin_head_is_502_and_the_tunnel_survives(edge, ori
         await edge.tunnel("web", HOST, origin.url)
         result = await get(client, edge.public, "/", host="big.localhost")
         assert_edge_page(*result, 502, "origin-unreachable")
-        assert b"head of" in result[2]
+        assert b"response head exceeds 64 KiB" in result[2]
         assert (await get(client, edge.public, "/small"))[0] == 200
         assert (await get(client, edge.public, "/", host="big.localhost"))[0] == 502
     finally:

@@ -115,17 +115,33 @@ async def test_garbage_from_a_connector_closes_only_that_connection(edge, origin
         assert resp.status == 200
 
 
-async def test_unauthenticated_connections_are_bounded(edge, monkeypatch):
-    from tunnel.edge import connectors
-    monkeypatch.setattr(connectors, "MAX_PENDING_HANDSHAKES", 3)
-    idle = [await ws_connect(edge.ws_url, compression=None) for _ in range(3)]  # never say HELLO
-    try:
-        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
-            await ws_connect(edge.ws_url, compression=None)
-        assert info.value.response.status_code == 503
-    finally:
-        for ws in idle:
-            await ws.close()
+async def test_unauthenticated_connections_are_bounded_without_locking_anyone_out(edge):
+    """Silent handshakes hold at most per_address slots per source address and total slots
+    overall; a new one closes the oldest of its own address, or of the busiest address."""
+    from tunnel.edge.connectors import HandshakeSlots
+    edge.edge.handshakes = HandshakeSlots(per_address=2, total=3)
+
+    async def silent(source: str):
+        return await ws_connect(edge.ws_url, compression=None, local_addr=(source, 0))
+
+    async def closed(ws, wait: float = 2.0) -> bool:
+        try:
+            await asyncio.wait_for(ws.recv(), wait)
+        except websockets.exceptions.ConnectionClosed:
+            return True
+        except asyncio.TimeoutError:
+            return False
+        return False
+
+    a1, a2 = await silent("127.0.0.1"), await silent("127.0.0.1")
+    a3 = await silent("127.0.0.1")  # over 2 for 127.0.0.1: a1 goes
+    assert await closed(a1) and len(edge.edge.handshakes) == 2
+    b1 = await silent("127.0.0.2")  # 3 in all
+    b2 = await silent("127.0.0.2")  # over 3 in all: the busiest address (127.0.0.1) loses a2
+    assert await closed(a2)
+    assert not await closed(a3, 0.3) and not await closed(b1, 0.3) and len(edge.edge.handshakes) == 3
+    for ws in (a3, b1, b2):
+        await ws.close()
 
 
 async def test_a_connector_cannot_send_more_than_the_response_head_announced(edge):

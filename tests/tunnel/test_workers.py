@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.tunnel.conftest import start_origin
 from tests.tunnel.origin_app import pattern
 from tunnel.config.credentials import hash_secret
 

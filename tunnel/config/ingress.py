@@ -51,7 +51,7 @@ def check_path_glob(p: Problems, path: str, value: Any) -> str | None:
     if not text.startswith(("/", "*")) or any(c.isspace() or ord(c) < 0x20 for c in text):
         p.add(path, f"must be a path glob starting with '/' (like /api/*), not {text!r}")
         return None
-    return text
+    return patterns.normalize_glob(text)
 
 
 def parse_ingress(p: Problems, path: str, raw: Any, hostnames: tuple[str, ...]) -> tuple[IngressRule, ...]:

@@ -300,6 +300,13 @@ class TunnelConfig:
         """
         return self.has_policy or self.worker is not None
 
+    @property
+    def normalizes_paths(self) -> bool:
+        """True when something matches this tunnel's request paths (its policy, custom code, or an
+        ingress rule with a path): the edge then normalises each path once, for the match and the
+        forward alike (``tunnel.http1.normalize_target``; docs/config.md, "How requests are matched")."""
+        return self.needs_worker or any(rule.path is not None for rule in self.ingress)
+
     def ingress_services(self) -> tuple[str, ...]:
         """Every service the connector may dial for this tunnel (ingress rules and ab_split variants)."""
         seen: dict[str, None] = {}

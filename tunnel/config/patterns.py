@@ -37,6 +37,17 @@ def normalize_host(host: str) -> str:
     return host.rstrip(".")
 
 
+def url_authority(host: str) -> str:
+    """A Host value as the authority of the URL a worker sees: the name as ``normalize_host``
+    gives it (what routing and the policy match), with the port kept when there is one."""
+    name = normalize_host(host)
+    rest = host.strip(" \t")
+    if rest.startswith("["):
+        rest = rest[rest.find("]") + 1:] if "]" in rest else ""
+    port = rest.rsplit(":", 1)[1] if rest.count(":") == 1 else ""
+    return f"{name}:{port}" if port.isdigit() else name
+
+
 def is_host_pattern(value: str) -> bool:
     """True when ``value`` (already lowercased) is a hostname or a ``*.`` wildcard hostname."""
     return len(value) <= 253 and bool(HOST_PATTERN.match(value))
@@ -49,9 +60,23 @@ def host_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-def glob_parts(glob: str) -> list[str]:
-    """Split a path glob on ``*``: the literal pieces, in order (first and last are anchors)."""
-    return glob.split("*")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def normalize_glob(glob: str) -> str:
+    """A path glob in the form request paths are matched in (``tunnel.http1.normalize_target``):
+    escapes of unreserved characters decoded, other escapes in upper case, characters outside
+    ASCII percent-encoded as UTF-8. ``/caf%c3%a9/*`` and ``/café/*`` both become ``/caf%C3%A9/*``."""
+    def escape(m: re.Match) -> str:
+        char = chr(int(m.group(1), 16))
+        return char if char in _UNRESERVED else "%" + m.group(1).upper()
+
+    text = _ESCAPE.sub(escape, glob)
+    if text.isascii():
+        return text
+    return "".join(c if c < "\x80" else "".join("%%%02X" % b for b in c.encode("utf-8", "surrogatepass"))
+                   for c in text)
 
 
 def glob_match(glob: str, text: str) -> bool:

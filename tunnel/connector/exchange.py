@@ -250,8 +250,11 @@ class OriginExchange:
                 self.chunked = False
                 self.loop.create_task(self._connect())
                 return
-            self._fail(ErrorCode.ORIGIN_UNREACHABLE,
-                       f"the origin closed the connection without answering ({exc or 'EOF'})")
+            if isinstance(exc, ValueError):  # the parser refused what the origin sent
+                self._fail(ErrorCode.ORIGIN_UNREACHABLE, str(exc))
+            else:
+                self._fail(ErrorCode.ORIGIN_UNREACHABLE,
+                           f"the origin closed the connection without answering ({exc or 'EOF'})")
             return
         if self.close_delimited or (conn is not None and conn.upgraded):
             self.response_done = True  # the body ends where the connection does

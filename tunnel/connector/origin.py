@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from tunnel.errors import HeadersTooLarge
+from tunnel.protocol.messages import MAX_RESPONSE_HEAD
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -71,6 +74,7 @@ class OriginConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self._reason = ""
         self._headers: list[tuple[str, str]] = []
+        self._head_size = 0
         self._interim = False
 
     # ------------------------------------------------------------------ transport events
@@ -94,10 +98,12 @@ class OriginConnection(asyncio.Protocol):
             if rest and self.handler is not None:
                 self.handler.origin_raw(rest)
         except httptools.HttpParserError as exc:
+            handler = self.handler  # abort() forgets it: take it first, or nobody hears of the failure
             self.abort()
-            if self.handler is not None:
-                handler, self.handler = self.handler, None
-                handler.origin_lost(ValueError(f"malformed response from the origin: {exc}"))
+            cause = exc.__context__
+            detail = str(cause) if isinstance(cause, HeadersTooLarge) else f"malformed response from the origin: {exc}"
+            if handler is not None:
+                handler.origin_lost(ValueError(detail))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -117,8 +123,12 @@ class OriginConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ httptools callbacks
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1")
+        self._head_size = len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_RESPONSE_HEAD:  # the edge refuses larger ones (PROTOCOL.md §5.1)
+            raise HeadersTooLarge(f"the origin's response head exceeds {MAX_RESPONSE_HEAD // 1024} KiB")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from tunnel import http1
 from tunnel.edge import pages
-from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, NoConnector, OriginTimeout, OriginUnreachable
+from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, OriginTimeout, OriginUnreachable
 from tunnel.loader import Request, Response
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
@@ -198,10 +198,10 @@ class TunnelBinding:
             exchange = None  # another tunnel's request: never touch it
         request_id = str(cf.get("requestId") or "")
         accept = request.headers.get("accept")
-        session = pipeline.registry.pick(self._tunnel)
-        if session is None:
-            return error_response(NoConnector(f"tunnel {self._tunnel!r} has no connector connected right now"),
-                                  request_id, accept)
+        try:
+            session = pipeline.registry.pick_for(self._tunnel)
+        except EdgeHTTPError as error:
+            return error_response(error, request_id, accept)
         url = urlsplit(request.url)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         if not _METHOD.match(request.method) or not _TARGET.match(target):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -19,11 +20,57 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 10.0
-#: Connections still waiting for their HELLO beyond this are refused (503), so unauthenticated
-#: clients cannot hold an unbounded number of sessions for HELLO_TIMEOUT each.
+#: A connector sends HELLO right after the upgrade: a connection silent this long is closed.
+HELLO_TIMEOUT = 5.0
+#: Connections waiting for their HELLO: at most this many per source address, and overall.
+MAX_PENDING_PER_ADDRESS = 8
 MAX_PENDING_HANDSHAKES = 64
 EDGE_KEY: web.AppKey["Edge"] = web.AppKey("edge")
+
+
+class HandshakeSlots:
+    """The connections that have not sent an accepted HELLO yet, by source address.
+
+    Bounded without locking anyone out: a new connection beyond the per-address bound closes
+    the oldest pending one of its own address; beyond the global bound it closes the oldest
+    pending one of the address that holds the most. A connector that sends its HELLO at once
+    (as ours do) is therefore never refused by others' silent connections, and one address
+    cannot take more than its share of the slots.
+    """
+
+    def __init__(self, per_address: int = MAX_PENDING_PER_ADDRESS, total: int = MAX_PENDING_HANDSHAKES):
+        self.per_address, self.total = per_address, total
+        self._by_address: dict[str, deque["EdgeSession"]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, session: "EdgeSession") -> None:
+        """Hold ``session`` until ``release``; close whichever pending one must make room."""
+        mine = self._by_address.get(session.peer)
+        if mine is not None and len(mine) >= self.per_address:
+            self._evict(mine[0], f"more than {self.per_address} handshakes pending from {session.peer}")
+        elif self._count >= self.total:
+            busiest = max(self._by_address.values(), key=len)
+            self._evict(busiest[0], f"more than {self.total} handshakes pending")
+        self._by_address.setdefault(session.peer, deque()).append(session)
+        self._count += 1
+
+    def release(self, session: "EdgeSession") -> None:
+        """``session`` authenticated or ended: it no longer holds a slot (no-op if it did not)."""
+        queue = self._by_address.get(session.peer)
+        if queue is None or session not in queue:
+            return
+        queue.remove(session)
+        self._count -= 1
+        if not queue:
+            del self._by_address[session.peer]
+
+    def _evict(self, session: "EdgeSession", reason: str) -> None:
+        log.warning("closing a connector connection from %s that sent no HELLO: %s", session.peer, reason)
+        self.release(session)
+        session.close(f"no HELLO: {reason}")
 
 
 class EdgeSession(Session):
@@ -80,6 +127,7 @@ class EdgeSession(Session):
             self.flush_soon()
 
     def _on_hello(self, hello: ev.HelloReceived) -> None:
+        self.edge.handshakes.release(self)
         tunnel = self.edge.store.tunnel_for_token(hello.token)
         if tunnel is None:
             message = ("the token is not valid on this edge (unknown, rotated or its tunnel was deleted); "
@@ -107,22 +155,20 @@ async def connector_handler(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE_KEY]
     if edge.draining:
         return web.Response(status=503, text="edge is shutting down; reconnect shortly\n")
-    pending = sum(1 for s in edge.sessions if s.tunnel is None)
-    if pending >= MAX_PENDING_HANDSHAKES:
-        log.warning("refusing a connector connection from %s: %d handshakes pending", request.remote, pending)
-        return web.Response(status=503, text="too many connections waiting to authenticate; retry shortly\n")
     ws = web.WebSocketResponse(max_msg_size=2 * MAX_MESSAGE + 1024 * 1024, compress=False,
                                autoping=True, heartbeat=None)
     await ws.prepare(request)
     peer = request.remote or "?"
     session = EdgeSession(edge, ws, peer)
     edge.sessions.add(session)
+    edge.handshakes.add(session)
     hello_timer = asyncio.get_running_loop().call_later(
         HELLO_TIMEOUT, lambda: session.tunnel is None and session.close("no HELLO in time"))
     try:
         await session.run()
     finally:
         hello_timer.cancel()
+        edge.handshakes.release(session)
         edge.sessions.discard(session)
         if session.tunnel is not None:
             edge.registry.remove(session.tunnel, session)

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from tunnel import http1
 from tunnel.edge import pages
 from tunnel.edge.workers import run_worker
-from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadersTooLarge, HeadTooLarge, NoConnector,
-                           OriginTimeout, OriginUnreachable, UnknownHost)
+from tunnel.errors import (BadRequest, BodyTooLarge, EdgeHTTPError, HeadersTooLarge, HeadTooLarge, OriginTimeout, OriginUnreachable, UnknownHost)
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
 
@@ -153,12 +152,15 @@ class Exchange:
                 return
             if content_length is not None and int(content_length) > settings.max_body_size:
                 raise BodyTooLarge(f"the body is larger than {settings.max_body_size} bytes")
+            if self.tunnel in settings.normalize_paths:  # matched and forwarded in one form
+                try:
+                    target = self.target = http1.normalize_target(target)
+                except ValueError as exc:
+                    raise BadRequest(f"{exc}; this edge does not forward such a path") from None
             if settings.pipeline is not None:
                 stub = settings.pipeline.tunnel_worker(self.tunnel)
             if stub is None:
-                session = settings.registry.pick(self.tunnel)
-                if session is None:
-                    raise NoConnector(f"tunnel {self.tunnel!r} has no connector connected right now")
+                session = settings.registry.pick_for(self.tunnel)
         except EdgeHTTPError as error:
             if isinstance(error, BadRequest):
                 self.close_after = True  # its framing or routing cannot be trusted

@@ -50,6 +50,7 @@ class PublicSettings:
     draining: bool = False
     connections: set = field(default_factory=set)  # live PublicProtocol objects
     https_only: frozenset = frozenset()  # tunnels whose plain-HTTP requests are redirected to HTTPS
+    normalize_paths: frozenset = frozenset()  # tunnels whose paths are normalised (TunnelConfig.normalizes_paths)
     https_port: int = 0  # the HTTPS public listener's port (0: none)
 
     def client_ip(self, peer: str, forwarded_for: str | None) -> str:
@@ -90,6 +91,7 @@ class PublicProtocol(asyncio.Protocol):
         self.lingering = False
         self.in_head = True  # between requests or inside a request head
         self.head_bytes = 0
+        self.boundary = False  # a request began or ended during the current data_received
         self._read_pause: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future | None = None
@@ -111,13 +113,15 @@ class PublicProtocol(asyncio.Protocol):
         if self.raw is not None:
             self.raw.receive_body(data)
             return
-        in_head = self.in_head
+        self.boundary = False
         try:
             self.parser.feed_data(data)
-            if in_head and self.in_head:
+            if self.in_head:
                 # httptools buffers a header line until its end, so on_header alone cannot bound a
-                # head that never ends: count what arrives while the head is incomplete.
-                self.head_bytes += len(data)
+                # head that never ends: count the reads that arrive while one head is incomplete.
+                # A read in which a request began or ended (pipelined requests, the end of a body)
+                # starts the count afresh: the complete lines of a head are bounded by on_header.
+                self.head_bytes = 0 if self.boundary else self.head_bytes + len(data)
                 if self.head_bytes > MAX_HEAD_SIZE + 1024 and not self.closed:
                     self._reject(HeadTooLarge(f"the request head exceeds {MAX_HEAD_SIZE // 1024} KiB"))
         except httptools.HttpParserUpgrade as upgrade:
@@ -204,6 +208,7 @@ class PublicProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ httptools callbacks
     def on_message_begin(self) -> None:
+        self.boundary = True
         self.parsing = Exchange(self)
         if self._timer is None:
             self._arm_timer(self.settings.head_timeout)
@@ -245,6 +250,7 @@ class PublicProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_head = True
+        self.boundary = True
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.request_complete()

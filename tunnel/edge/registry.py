@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from tunnel.errors import AtCapacity, NoConnector
+
 if TYPE_CHECKING:  # pragma: no cover
     from tunnel.edge.connectors import EdgeSession
 
@@ -50,6 +52,16 @@ class TunnelRegistry:
             if best is None or load < best_load:
                 best, best_load = session, load
         return best
+
+    def pick_for(self, tunnel: str) -> "EdgeSession":
+        """Like ``pick``, but raise what the client should be told when there is none:
+        NoConnector (530) without a connection, AtCapacity (503) when every one is full."""
+        session = self.pick(tunnel)
+        if session is not None:
+            return session
+        if self._sessions.get(tunnel):
+            raise AtCapacity(f"every connection of tunnel {tunnel!r} carries its most concurrent streams")
+        raise NoConnector(f"tunnel {tunnel!r} has no connector connected right now")
 
     def connections(self, tunnel: str) -> int:
         """Number of live connector connections of ``tunnel``."""

@@ -19,7 +19,7 @@ from tunnel.edge.versions import VersionManager, read_metrics_state, restore_met
 from tunnel.edge.workers import WorkerPipeline
 from tunnel.loader import Loader
 from tunnel.edge.admin import create_admin_app
-from tunnel.edge.connectors import EdgeSession, create_connector_app
+from tunnel.edge.connectors import HELLO_TIMEOUT, EdgeSession, HandshakeSlots, create_connector_app
 from tunnel.edge.public import PublicProtocol, PublicSettings
 from tunnel.edge.registry import TunnelRegistry
 from generators.keys import parse_key
@@ -66,6 +66,7 @@ class Edge:
         self.store = Store(options.data_dir)
         self.registry = TunnelRegistry()
         self.sessions: set[EdgeSession] = set()
+        self.handshakes = HandshakeSlots()
         self.loader = Loader(cpu_limit_ms=options.worker_cpu_ms, memory_limit_mb=options.worker_memory_mb)
         self.metrics = EdgeMetrics()
         self.config: Config = parse_config({})
@@ -121,8 +122,10 @@ class Edge:
             self.public_tls_port = server.sockets[0].getsockname()[1]
             settings.https_port = self.public_tls_port
         connector_tls = self.certs is not None and not self.options.plain_connectors
+        # a connection that sends no upgrade request is closed as fast as one that sends no HELLO
         self.connector_port = await self._serve(create_connector_app(self), self.options.connectors,
-                                                self.certs.context if connector_tls else None)
+                                                self.certs.context if connector_tls else None,
+                                                keepalive_timeout=HELLO_TIMEOUT)
         if not connector_tls and not is_loopback(self.options.connectors[0]):
             log.warning("!!! the connector listener on %s:%d is PLAIN ws://: connector tokens cross the "
                         "network in clear text. Give --tls-cert/--tls-key, or terminate TLS in front of it.",
@@ -165,8 +168,9 @@ class Edge:
         log.info("certificates reloaded; new handshakes use them (pin %s)", self.certs.pin)
         return True
 
-    async def _serve(self, app: web.Application, where: tuple[str, int], ssl_context=None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _serve(self, app: web.Application, where: tuple[str, int], ssl_context=None,
+                     keepalive_timeout: float = 75.0) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=keepalive_timeout)
         await runner.setup()
         site = web.TCPSite(runner, where[0], where[1], reuse_address=True, ssl_context=ssl_context)
         await site.start()
@@ -273,6 +277,7 @@ class Edge:
         settings.routing = build_routing_table(config)
         settings.pipeline = pipeline
         settings.https_only = frozenset(name for name, t in config.tunnels.items() if t.https_only)
+        settings.normalize_paths = frozenset(name for name, t in config.tunnels.items() if t.normalizes_paths)
         self.metrics.active_version = version
         self.metrics.forget(config.tunnels)
         for tunnel in list(self._connected_tunnels()):

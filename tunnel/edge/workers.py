@@ -27,9 +27,11 @@ from generators.exposition import merge_expositions, observed_headers
 from tunnel import http1
 from tunnel.edge.binding import NULL_BODY_STATUSES, ClientBody, TunnelBinding, TunnelBody, TunnelCall
 from tunnel.config.model import Config
+from tunnel.config.patterns import url_authority
 from tunnel.errors import (WorkerFailed, WorkerLimited)
 from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, Response, WorkerError
 from tunnel.protocol.frames import ErrorCode
+from tunnel.protocol.messages import MAX_RESPONSE_HEAD
 
 if TYPE_CHECKING:  # pragma: no cover
     from tunnel.edge.exchange import Exchange
@@ -237,7 +239,7 @@ async def _serve(exchange: "Exchange", pipeline: WorkerPipeline, stub, host: str
         exchange.fail(WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {left:.0f} s"))
         return
     ident = pipeline.register(exchange)
-    request = Request(exchange.method, f"{proto.scheme}://{host}{exchange.target}", headers=headers,
+    request = Request(exchange.method, f"{proto.scheme}://{url_authority(host)}{exchange.target}", headers=headers,
                       body=exchange.client_body if exchange.client_body is not None else b"",
                       cf={"clientIp": exchange.client_ip, "requestId": exchange.request_id, "edgeExchange": ident,
                           "tunnel": exchange.tunnel, "scheme": proto.scheme})
@@ -278,6 +280,13 @@ def respond(exchange: "Exchange", response: Response) -> None:
     body = response.body
     upgrade = status == 101 and exchange.upgrade and call is not None
     headers = http1.strip_hop_by_hop(list(response.headers.items()), keep_upgrade=upgrade, also=_RESPONSE_DROP)
+    size = sum(len(name) + len(value) + 4 for name, value in headers)
+    if size > MAX_RESPONSE_HEAD:  # bounded as the edge bounds request heads and the connector's answers
+        if call is not None:
+            call.cancel()
+        exchange.stats.worker_errors["HeadTooLarge"] = exchange.stats.worker_errors.get("HeadTooLarge", 0) + 1
+        exchange.fail(WorkerFailed(f"the worker's response head has {size} bytes, more than {MAX_RESPONSE_HEAD}"))
+        return
     # Count apart what the origin answered and what the edge made: a Tunnel-Error names the
     # reason; an answer the worker made without forwarding is counted as "worker".
     exchange.edge_reason = response.headers.get("tunnel-error") or (None if call is not None else "worker")

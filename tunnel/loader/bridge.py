@@ -240,7 +240,7 @@ def _result(inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TOKEN_LINES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*\Z")
-_CONTROL = re.compile(r"[\x00\r\n]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every CTL but HTAB (RFC 9110 §5.5)
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 

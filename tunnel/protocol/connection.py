@@ -41,6 +41,16 @@ MAX_QUEUED_FOR_PINGS = 4 * 1024 * 1024
 #: The most send credit a stream holds at once, whatever the peer announces or grants (§5.3).
 MAX_SEND_WINDOW = 4 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 1024
+#: Before its HELLO is accepted, a peer's message may be this large and hold one frame (§4.3): an
+#: unauthenticated client cannot make the edge decode more than that.
+MAX_HELLO_MESSAGE = 64 * 1024
+#: The most frames one message may carry once open (a legitimate peer batches a few per stream).
+MAX_FRAMES_PER_MESSAGE = 16384
+#: Frames that cost the receiver work without carrying data (PING, WINDOW_UPDATE, GOAWAY,
+#: CONFIG_ACK, empty DATA, frames for streams already gone) are rate-limited per connection (§7b):
+#: a token bucket of this many frames per second and this burst; PINGs have a tighter one.
+CONTROL_RATE, CONTROL_BURST = 10_000.0, 20_000.0
+PING_RATE, PING_BURST = 8.0, 32.0
 
 
 class Role(enum.Enum):
@@ -107,12 +117,37 @@ class _Stream:
     head_received: bool = False
     unacked: int = 0
     peer_window: int = 0  # the credit as the peer counts it (for the overflow check)
+    upgrade: bool = False  # edge: the request asked for an upgrade (a 101 answer is final)
 
     def move(self, transition: str) -> None:
         try:
             self.state = _STREAM_TRANSITIONS[(self.state, transition)]
         except KeyError:
             raise ProtocolError(f"stream {self.stream_id}: {transition} in state {self.state.value}") from None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket fed by the caller's clock (the core reads none)."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def take(self, now: float | None) -> bool:
+        """Spend one token; False when none is left. ``now`` None: no limit (no clock given)."""
+        if now is None:
+            return True
+        if self.tokens < 0:
+            self.tokens, self.stamp = self.burst, now
+        elif now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 @dataclass(slots=True)
@@ -168,6 +203,9 @@ class Connection:
         self._next_stream_id = 1
         self._highest_remote_id = 0
         self._out = _Outbox()
+        self._control = _Bucket(CONTROL_RATE, CONTROL_BURST)
+        self._pings = _Bucket(PING_RATE, PING_BURST)
+        self._now: float | None = None
 
     # ------------------------------------------------------------------ output
     @property
@@ -224,7 +262,7 @@ class Connection:
         if len(payload) > F.MAX_CONTROL_PAYLOAD:
             raise HeadersTooLarge(f"request head of {len(payload)} bytes exceeds {F.MAX_CONTROL_PAYLOAD}")
         stream = _Stream(stream_id, min(self.remote.initial_window, MAX_SEND_WINDOW), self.local.initial_window,
-                         peer_window=self.remote.initial_window)
+                         peer_window=self.remote.initial_window, upgrade=head.upgrade)
         self.streams[stream_id] = stream
         self._send_head(stream, payload, end_stream)
         return stream_id
@@ -325,22 +363,39 @@ class Connection:
         self._out.add(F.encode(F.FrameType.CONFIG_ACK, 0, 0, encode_document(doc)))
 
     # ------------------------------------------------------------------ input
-    def receive(self, message: bytes) -> list[Event]:
+    def receive(self, message: bytes, now: float | None = None) -> list[Event]:
         """Feed one WebSocket message; return the events it carried.
 
-        Raises ProtocolError (after queueing a GOAWAY with its code) when the peer broke the
-        protocol; the connection is then closed and must not be used for streams.
+        ``now`` (seconds, any monotonic clock) feeds the control-frame rate limits (§7b); without
+        it they are not applied. Raises ProtocolError (after queueing a GOAWAY or REFUSE with its
+        code) when the peer broke the protocol; the connection is then closed and must not be
+        used for streams. Frames are decoded one at a time, so a violation stops the work.
         """
         if self.state is State.CLOSED:
             return []
+        self._now = now
         try:
             events: list[Event] = []
-            for frame in F.decode(message, self.local.max_frame_size):
+            if self.state is State.HANDSHAKE and self.role is Role.EDGE and len(message) > MAX_HELLO_MESSAGE:
+                raise ProtocolError(f"a {len(message)}-byte message before the handshake (at most "
+                                    f"{MAX_HELLO_MESSAGE} bytes, one HELLO frame)")
+            count = 0
+            for frame in F.iter_frames(message, self.local.max_frame_size):
+                count += 1
+                if count > MAX_FRAMES_PER_MESSAGE:
+                    raise ProtocolError(f"more than {MAX_FRAMES_PER_MESSAGE} frames in one message")
                 self._handle(frame, events)
+                if self.state is State.CLOSED:
+                    break
             return events
         except ProtocolError as exc:
             self._fail(exc)
             raise
+
+    def _spend(self, what: str, pings: bool = False) -> None:
+        """Charge one work-only frame to the rate limits (§7b); over them is a protocol error."""
+        if not self._control.take(self._now) or (pings and not self._pings.take(self._now)):
+            raise ProtocolError(f"{what} frames faster than this side accepts (flood)")
 
     def _handle(self, frame: F.Frame, events: list[Event]) -> None:
         ftype = frame.type
@@ -354,6 +409,7 @@ class Connection:
         elif ftype == F.FrameType.HEADERS:
             self._on_headers(frame, events)
         elif ftype == F.FrameType.WINDOW_UPDATE:
+            self._spend("WINDOW_UPDATE")
             stream = self.streams.get(frame.stream_id)
             delta = F.parse_u32(frame)
             if stream is not None:
@@ -371,8 +427,10 @@ class Connection:
             if self.streams.pop(frame.stream_id, None) is not None:
                 events.append(StreamReset(frame.stream_id, code, text))
             else:
+                self._spend("RST_STREAM")
                 self._check_known(frame.stream_id)
         elif ftype == F.FrameType.PING:
+            self._spend("PING", pings=True)
             if len(frame.payload) != 8:
                 raise ProtocolError("PING payload must be 8 bytes")
             if frame.flags & F.Flags.ACK:
@@ -382,6 +440,7 @@ class Connection:
                 # without bound: beyond this, PINGs go unanswered (PROTOCOL.md §7).
                 self._out.add(F.encode(F.FrameType.PING, F.Flags.ACK, 0, frame.payload))
         elif ftype == F.FrameType.GOAWAY:
+            self._spend("GOAWAY", pings=True)
             last, code, text = F.parse_goaway(frame)
             self.goaway_received = True
             events.append(GoAwayReceived(last, code, text))
@@ -392,6 +451,7 @@ class Connection:
                 raise ProtocolError("CONFIG must hold an integer version and a config object")
             events.append(ConfigReceived(version, config))
         elif ftype == F.FrameType.CONFIG_ACK and self.role is Role.EDGE:
+            self._spend("CONFIG_ACK", pings=True)
             doc = decode_document(frame.payload, "CONFIG_ACK")
             version, ok, error = doc.get("version"), doc.get("ok"), doc.get("error", "")
             if type(version) is not int or not isinstance(ok, bool) or not isinstance(error, str):
@@ -462,12 +522,20 @@ class Connection:
             return
         stream = self.streams.get(sid)
         if stream is None:
+            self._spend("HEADERS")
             self._check_known(sid)
             return
         if stream.head_received:
             raise ProtocolError(f"second HEADERS on stream {sid}")
         stream.head_received = True
-        head = ResponseHead.decode(frame.payload)
+        try:
+            head = ResponseHead.decode(frame.payload)
+            if head.status < 200 and not (head.status == 101 and stream.upgrade):
+                raise ProtocolError(f"status {head.status} is not a final response to this request")
+        except ProtocolError as exc:
+            # The framing is intact, only this head is wrong: fail the stream alone (§5.1).
+            self._stream_error(stream, f"bad response head: {exc}", events)
+            return
         if end:
             self._remote_end(stream)
         events.append(ResponseReceived(sid, head, end))
@@ -476,8 +544,11 @@ class Connection:
         sid = frame.stream_id
         stream = self.streams.get(sid)
         if stream is None:
+            self._spend("DATA")
             self._check_known(sid)  # data racing a reset we sent: dropped
             return
+        if not frame.payload and not frame.flags & F.Flags.END_STREAM:
+            self._spend("empty DATA")
         if not stream.head_received:
             raise ProtocolError(f"DATA before HEADERS on stream {sid}")
         if stream.state in (StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED):
@@ -508,6 +579,13 @@ class Connection:
         stream.move("recv_end")
         if stream.state is StreamState.CLOSED:
             del self.streams[stream.stream_id]
+
+    def _stream_error(self, stream: _Stream, message: str, events: list[Event]) -> None:
+        """Reset one stream for a violation that leaves the connection in sync (PROTOCOL_ERROR)."""
+        del self.streams[stream.stream_id]
+        payload = F.U32.pack(F.ErrorCode.PROTOCOL_ERROR) + message.encode("utf-8")[:1024]
+        self._out.add(F.encode(F.FrameType.RST_STREAM, 0, stream.stream_id, payload))
+        events.append(StreamReset(stream.stream_id, F.ErrorCode.PROTOCOL_ERROR, message))
 
     def _check_known(self, stream_id: int) -> None:
         """A frame for a stream we do not hold: fine if it existed once, else a violation."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from tunnel.errors import FrameSizeError, ProtocolError
@@ -95,14 +96,15 @@ def encode_header(frame_type: int, flags: int, stream_id: int, length: int) -> b
     return HEADER.pack(frame_type, flags, stream_id, length)
 
 
-def decode(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> list[Frame]:
-    """Split one WebSocket message into frames.
+def iter_frames(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> Iterator[Frame]:
+    """Yield the frames of one WebSocket message, one at a time.
 
-    Raises FrameSizeError when a declared length exceeds ``max_frame_size`` (before its payload
-    is touched) and ProtocolError when the message is truncated, a frame type is unknown, or a
-    frame is on the wrong kind of stream.
+    Lazy on purpose: a receiver that finds a violation in one frame stops there, so a hostile
+    message costs only the frames read before it (PROTOCOL.md §2). Raises FrameSizeError when a
+    declared length exceeds ``max_frame_size`` (before its payload is touched) and ProtocolError
+    when the message is truncated, a frame type is unknown, or a frame is on the wrong kind of
+    stream.
     """
-    frames: list[Frame] = []
     view = memoryview(message)
     end = len(message)
     offset = 0
@@ -123,9 +125,13 @@ def decode(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> list[Fram
             raise ProtocolError(f"{FrameType(ftype).name} frame declares {length} bytes, {end - offset} remain")
         if (ftype in _STREAM_FRAMES) != (stream_id != 0):
             raise ProtocolError(f"{FrameType(ftype).name} frame on stream {stream_id}")
-        frames.append(Frame(ftype, flags, stream_id, bytes(view[offset:offset + length])))
+        yield Frame(ftype, flags, stream_id, bytes(view[offset:offset + length]))
         offset += length
-    return frames
+
+
+def decode(message: bytes, max_frame_size: int = DEFAULT_MAX_FRAME) -> list[Frame]:
+    """Every frame of one WebSocket message (see ``iter_frames``; raises as it does)."""
+    return list(iter_frames(message, max_frame_size))
 
 
 def parse_u32(frame: Frame) -> int:

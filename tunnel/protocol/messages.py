@@ -1,8 +1,10 @@
 """Payloads of the control frames (PROTOCOL.md §4): handshake documents and message heads.
 
 Heads travel as compact JSON arrays. Header names and values are the HTTP/1.1 bytes decoded as
-latin-1, so every byte survives the trip; CR, LF and NUL are refused in both, which keeps a peer
-from splitting the HTTP/1.1 messages the other side writes.
+latin-1, so every byte survives the trip. Names must be RFC 9110 tokens; values, the reason
+phrase and the request target hold no control character but HTAB (values) — which keeps a
+peer from splitting, or smuggling through, the HTTP/1.1 messages the other side writes.
+A response head is at most ``MAX_RESPONSE_HEAD`` bytes, as the edge bounds request heads.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from tunnel.errors import ProtocolError
 
 Headers = list[tuple[str, str]]
 
-_FORBIDDEN = str.maketrans("", "", "\r\n\x00")
-_BAD_NAME = re.compile(r"[\r\n\x00: ]")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}\Z")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+#: Names: RFC 9110 tchar only (a tab joins the names, so it is allowed in the joined text alone).
+_BAD_NAME = re.compile(r"[^\t!#$%&'*+\-.^_`|~0-9A-Za-z]")
+#: Values and the reason phrase: no CTL but HTAB (a tab also joins the values for the scan).
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Response heads larger than this (names, values and reason; as the edge bounds request heads).
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -40,10 +47,9 @@ class RequestHead:
         if not (isinstance(doc, list) and len(doc) == 5):
             raise ProtocolError("request head must be a 5-element array")
         method, target, headers, upgrade, service = doc
-        if not (isinstance(method, str) and method and method.isascii() and " " not in method
-                and _clean(method)):
+        if not (isinstance(method, str) and _METHOD.match(method)):
             raise ProtocolError("request head: bad method")
-        if not (isinstance(target, str) and target and _clean(target)) or " " in target:
+        if not (isinstance(target, str) and target and not _BAD_TARGET.search(target)):
             raise ProtocolError("request head: bad target")
         if not isinstance(upgrade, bool) or not (service is None or isinstance(service, str)):
             raise ProtocolError("request head: bad upgrade or service")
@@ -67,11 +73,15 @@ class ResponseHead:
         if not (isinstance(doc, list) and len(doc) == 3):
             raise ProtocolError("response head must be a 3-element array")
         status, reason, headers = doc
-        if not (type(status) is int and 100 <= status <= 999):
+        if not (type(status) is int and 100 <= status <= 599):
             raise ProtocolError("response head: bad status")
-        if not (isinstance(reason, str) and _clean(reason)):
+        if not (isinstance(reason, str) and not _BAD_VALUE.search(reason)):
             raise ProtocolError("response head: bad reason")
-        return cls(status, reason, _headers(headers))
+        head = cls(status, reason, _headers(headers))
+        size = len(reason) + sum(len(n) + len(v) + 4 for n, v in head.headers)
+        if size > MAX_RESPONSE_HEAD:
+            raise ProtocolError(f"response head of {size} bytes exceeds {MAX_RESPONSE_HEAD}")
+        return head
 
 
 def encode_document(doc: dict[str, Any]) -> bytes:
@@ -102,10 +112,6 @@ def _loads(payload: bytes, what: str) -> Any:
         raise ProtocolError(f"{what} is nested too deeply") from None
 
 
-def _clean(text: str) -> bool:
-    return len(text.translate(_FORBIDDEN)) == len(text)
-
-
 def _headers(raw: Any) -> Headers:
     if not isinstance(raw, list):
         raise ProtocolError("headers must be an array")
@@ -117,11 +123,12 @@ def _headers(raw: Any) -> Headers:
         if not (type(name) is str and type(value) is str and name):
             raise ProtocolError(f"bad header {name!r}")
         out.append((name, value))
-    # One scan of everything instead of one per string: names and values must not hold CR, LF or
-    # NUL, and names no ':' or space (a tab separates the fields of the joined text).
+    # One scan of everything instead of one per string (a tab separates the fields of the joined
+    # text; a tab inside a name is caught below, where each name is checked alone).
     names = "\t".join(n for n, _ in out)
     values = "\t".join(v for _, v in out)
-    if _BAD_NAME.search(names) or _BAD_VALUE.search(values):
-        bad = next(n for n, v in out if _BAD_NAME.search(n) or _BAD_VALUE.search(v))
-        raise ProtocolError(f"bad header {bad!r}")
+    one_tab_per_gap = not out or names.count("\t") == len(out) - 1
+    if _BAD_NAME.search(names) or _BAD_VALUE.search(values) or not one_tab_per_gap:
+        bad = next((n for n, v in out if _BAD_NAME.search(n) or "\t" in n or _BAD_VALUE.search(v)), "?")
+        raise ProtocolError(f"bad header {bad[:64]!r}")
     return out
