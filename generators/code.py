@@ -42,19 +42,24 @@ class GeneratedWorker:
     modules: Mapping[str, Any]
     hash: str
     compatibility_date: str = COMPATIBILITY_DATE
+    #: Every module was written by a generator (no user code): the loader may run it in-process.
+    trusted: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """``{"compatibility_date", "main_module", "modules"}`` as plain JSON-able data."""
         return {"compatibility_date": self.compatibility_date, "main_module": self.main_module,
                 "modules": {name: _plain(value) for name, value in self.modules.items()}}
 
-    def to_worker_code(self, env: Mapping[str, Any] | None = None, global_outbound: Any = None) -> Any:
-        """Build the loader's ``WorkerCode`` (imported here, so generators stay importable alone)."""
+    def to_worker_code(self, env: Mapping[str, Any] | None = None, global_outbound: Any = None,
+                       limits: Mapping[str, float] | None = None) -> Any:
+        """Build the loader's ``WorkerCode`` (imported here, so generators stay importable alone).
+        It is ``trusted`` (run in the loader's own process) exactly when this worker is."""
         from tunnel.loader import WorkerCode
 
         return WorkerCode(compatibility_date=self.compatibility_date, main_module=self.main_module,
                           modules={name: _plain(value) for name, value in self.modules.items()},
-                          env=None if env is None else dict(env), global_outbound=global_outbound)
+                          env=None if env is None else dict(env), global_outbound=global_outbound,
+                          limits=None if limits is None else dict(limits), trusted=self.trusted)
 
 
 def _plain(value: Any) -> Any:

@@ -92,7 +92,7 @@ def generate_tunnel_worker(tunnel: TunnelConfig) -> GeneratedWorker:
     key = tunnel_key(tunnel.name)
     text, digest = finish_module(key, summary, body, modules)
     return GeneratedWorker(key=key, main_module=MAIN_MODULE, modules=freeze({MAIN_MODULE: text, **modules}),
-                           hash=digest)
+                           hash=digest, trusted=custom is None)
 
 
 def _emit_passthrough(e: _Emitter, custom: bool) -> None:

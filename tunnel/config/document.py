@@ -30,6 +30,8 @@ def load_yaml(text: str) -> dict[str, Any]:
     """Parse YAML (or JSON) text into a raw document; a syntax error becomes a ConfigError."""
     try:
         doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError([f"<yaml>: nested more than {MAX_DEPTH} levels deep"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -39,7 +41,28 @@ def load_yaml(text: str) -> dict[str, Any]:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(["<root>: must be a mapping"])
+    check_depth(doc)
     return doc
+
+
+#: No config needs more nesting than this; deeper documents are refused before anything walks them.
+MAX_DEPTH = 64
+
+
+def check_depth(doc: Any, limit: int = MAX_DEPTH) -> None:
+    """Raise ConfigError when ``doc`` (parsed YAML or JSON) nests deeper than ``limit`` levels.
+
+    Iterative, so a hostile document cannot exhaust the stack of the code that checks it.
+    """
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    raise ConfigError([f"<root>: nested more than {limit} levels deep"])
+                stack.append((child, depth + 1))
 
 
 def canonical_json(doc: Any) -> str:

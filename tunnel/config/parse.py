@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from tunnel.config import credentials, patterns
 from tunnel.config import validate as v
-from tunnel.config.document import canonical_json
+from tunnel.config.document import canonical_json, check_depth
 from tunnel.config.errors import ConfigError, Problems
 from tunnel.config.ingress import parse_ingress
 from tunnel.config.metrics import check_shared_names, parse_metrics
@@ -27,6 +27,7 @@ def parse_config(doc: Mapping[str, Any]) -> Config:
     Returns the frozen :class:`Config`; raises :class:`ConfigError` whose ``errors`` name every bad
     path (``tunnels.web.policy.on_request[1].actions[0].rate_limit.capacity: must be …``).
     """
+    check_depth(doc)
     p = Problems()
     root = v.mapping(p, "<root>", doc, ("tunnels",))
     if root is None:

@@ -92,6 +92,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be JSON"}),
                                  content_type="application/json") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is nested too deeply"}),
+                                 content_type="application/json") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
                                  content_type="application/json")
@@ -137,12 +140,21 @@ def _config_errors(exc: ConfigError) -> web.Response:
     return web.json_response({"error": "the config is invalid; nothing changed", "errors": exc.errors}, status=400)
 
 
-def _base(body: dict[str, Any]) -> int | None:
-    base = body.get("base")
-    if base is not None and (type(base) is not int or base < 0):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "base must be a version number"}),
+_MAX_VERSION = 2**63 - 1  # what SQLite stores
+
+
+def _version(value: Any, what: str) -> int | None:
+    """A version number from a request (None when absent); 400 unless 0 <= value < 2**63."""
+    if isinstance(value, str):
+        value = int(value) if value.isdigit() and len(value) <= 19 else ""
+    if value is not None and (type(value) is not int or not 0 <= value <= _MAX_VERSION):
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{what} must be a version number"}),
                                  content_type="application/json")
-    return base
+    return value
+
+
+def _base(body: dict[str, Any]) -> int | None:
+    return _version(body.get("base"), "base")
 
 
 async def _push_config(request: web.Request) -> web.Response:
@@ -162,9 +174,7 @@ async def _push_config(request: web.Request) -> web.Response:
 async def _rollback(request: web.Request) -> web.Response:
     edge = request.app[EDGE_KEY]
     body = await _body(request)
-    version = body.get("version")
-    if version is not None and type(version) is not int:
-        return _error(400, "version must be a number")
+    version = _version(body.get("version"), "version")
     try:
         return web.json_response(await edge.versions.rollback(version, request[AUTHOR_KEY], _base(body)))
     except ConfigError as exc:
@@ -175,12 +185,9 @@ async def _rollback(request: web.Request) -> web.Response:
 
 async def _pull(request: web.Request) -> web.Response:
     edge = request.app[EDGE_KEY]
-    raw = request.query.get("version")
+    version = _version(request.query.get("version"), "version")
     try:
-        version = int(raw) if raw is not None else None
         return web.json_response(edge.versions.pull(version))
-    except ValueError:
-        return _error(400, "version must be a number")
     except NotFound as exc:
         return _error(404, str(exc))
 

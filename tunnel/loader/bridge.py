@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from .http_types import BodyTooLarge, Request, Response, WorkerCode, body_is_empty, read_body
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .shard import Shard
+    from .host import IsolateHost
 
 log = logging.getLogger("tunnel.loader")
 _MAX_TIMER_S = 3600.0
@@ -42,6 +42,18 @@ class Limits:
 
     def __init__(self, cpu_s: float, memory: int, load_cpu_s: float, max_body_bytes: int):
         self.cpu_s, self.memory, self.load_cpu_s, self.max_body_bytes = cpu_s, memory, load_cpu_s, max_body_bytes
+
+    def override(self, wanted: Any) -> "Limits":
+        """These limits with a worker's own ``{"cpu_ms", "memory_mb"}`` (``WorkerCode.limits``) applied."""
+        if not wanted:
+            return self
+        return Limits(wanted.get("cpu_ms", self.cpu_s * 1000.0) / 1000.0,
+                      int(wanted.get("memory_mb", self.memory / 1048576) * 1048576), self.load_cpu_s,
+                      self.max_body_bytes)
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"cpu_ms", "memory_mb"}``, as ``WorkerCode.limits`` spells them."""
+        return {"cpu_ms": round(self.cpu_s * 1000.0, 3), "memory_mb": round(self.memory / 1048576, 3)}
 
 
 class Req:
@@ -59,8 +71,9 @@ class Instance:
         inflight: requests started and not yet ended (their ``waitUntil`` included).
     """
 
-    def __init__(self, shard: "Shard", wid: int, key: str, code: WorkerCode):
+    def __init__(self, shard: "IsolateHost", wid: int, key: str, code: WorkerCode, limits: Limits | None = None):
         self.shard, self.wid, self.key, self.code = shard, wid, key, code
+        self.limits = limits if limits is not None else shard.limits.override(code.limits)
         names = set(shard_binding_names(code))
         self.bindings = {name: value for name, value in (code.env or {}).items() if name in names}
         self.memory = 0

@@ -169,6 +169,7 @@ class Bytecode:
 
 
 _FAST: Bytecode | None = None
+_PROBED = False
 
 
 def enable_bytecode() -> bool:
@@ -177,14 +178,16 @@ def enable_bytecode() -> bool:
     Returns:
         True when it is enabled; False when isolates keep evaluating the runtime's source.
     """
-    global _FAST
+    global _FAST, _PROBED
     _FAST = Bytecode.probe()
+    _PROBED = True
     return _FAST is not None
 
 
-def bytecode_enabled() -> bool:
-    """True when isolates in this process are built from precompiled bytecode."""
-    return _FAST is not None
+def bytecode_available() -> bool:
+    """``enable_bytecode()`` the first time (in a process that hosts isolates of its own), then
+    whether it is on."""
+    return _FAST is not None if _PROBED else enable_bytecode()
 _ENTROPY_BYTES = 16384
 _NO_LIMIT = -1.0
 _MAX_TRACKED = 4096

@@ -167,6 +167,8 @@ class Response:
 
 
 _MODULE_KINDS = ("js", "cjs", "text", "json", "data")
+#: What a worker's own ``limits`` may ask for.
+LIMIT_RANGES = {"cpu_ms": (1, 60_000), "memory_mb": (4, 2048)}
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,12 @@ class WorkerCode:
             methods can be awaited from JS, e.g. ``env.TUNNEL.fetch(request)``).
         global_outbound: ``None`` (global ``fetch()`` throws "not permitted") or an object with
             ``async fetch(request) -> Response``.
+        limits: this worker's own limits, overriding the loader's defaults:
+            ``{"cpu_ms": N, "memory_mb": M}`` (either key may be left out).
+        trusted: code the host itself wrote (generated, never a user's): it runs in the loader's
+            own process, on the event loop thread, without a process hop per request
+            (``local.LocalHost``). A native operation QuickJS cannot interrupt would then stall
+            the event loop: never set it for code a user supplied.
     Errors:
         ``validate()`` raises ``TypeError`` for malformed code; the loader reports it as a load error.
     """
@@ -191,6 +199,8 @@ class WorkerCode:
     modules: Mapping[str, Any]
     env: Mapping[str, Any] | None = None
     global_outbound: Any = None
+    limits: Mapping[str, float] | None = None
+    trusted: bool = False
 
     def validate(self) -> None:
         """Check the structure of the code; raise ``TypeError`` with a workerd-like message."""
@@ -227,6 +237,13 @@ class WorkerCode:
             raise TypeError("env must be a mapping")
         if self.global_outbound is not None and not callable(getattr(self.global_outbound, "fetch", None)):
             raise TypeError("global_outbound must be None or an object with an async fetch(request) method")
+        if self.limits is not None:
+            if not isinstance(self.limits, Mapping) or not set(self.limits) <= set(LIMIT_RANGES):
+                raise TypeError(f"limits must be a mapping with keys among {sorted(LIMIT_RANGES)}")
+            for name, value in self.limits.items():
+                low, high = LIMIT_RANGES[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                    raise TypeError(f"limits.{name} must be a number from {low} to {high}, not {value!r}")
 
     def split_env(self) -> tuple[str, list[str]]:
         """Split ``env`` into JSON-like values and bindings.

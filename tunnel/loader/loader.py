@@ -18,7 +18,10 @@ from typing import Any, Awaitable, Callable
 
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable
 from .http_types import DEFAULT_MAX_BODY_BYTES, Request, Response, WorkerCode
-from .shard import Instance, Limits, Shard
+from .bridge import Instance, Limits
+from .host import IsolateHost
+from .local import LocalHost
+from .shard import Shard
 
 Factory = Callable[[], Awaitable[WorkerCode]]
 
@@ -128,6 +131,7 @@ class Loader:
         hang = hang_timeout_s if hang_timeout_s is not None else max(1.5, 3 * max(cpu_limit_ms, load_cpu_limit_ms) / 1000.0)
         n = shards or os.cpu_count() or 1
         self._shards = [Shard(i, limits, hang, self._on_dead, self._on_memory) for i in range(n)]
+        self._local = LocalHost(-1, limits, self._on_dead, self._on_memory)  # trusted code (WorkerCode.trusted)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0,
                        "load_seconds": 0.0}
@@ -170,7 +174,9 @@ class Loader:
         Returns:
             ``{"hits", "misses", "loads", "load_failures", "evictions", "reloads", "load_seconds" (sum of
             factory-to-ready times of successful loads), "errors": {WorkerError subclass name: count},
-            "workers", "memory_bytes", "shards": [...], "per_worker": {key: {"memory_bytes", "requests", "idle_s"}}}``.
+            "workers", "memory_bytes", "shards": [...], "local": {"isolates", "bytecode"},
+            "per_worker": {key: {"memory_bytes", "requests", "idle_s", "limits": {"cpu_ms", "memory_mb"},
+            "placement": "local" or "shard N"}}}``.
         """
         now = time.monotonic()
         live = {k: e for k, e in self._entries.items() if e.instance is not None and e.instance.alive}
@@ -180,7 +186,10 @@ class Loader:
             "workers": len(live),
             "memory_bytes": sum(e.instance.memory for e in live.values()),
             "per_worker": {k: {"memory_bytes": e.instance.memory, "requests": e.instance.requests,
-                               "idle_s": round(now - e.last_used, 3)} for k, e in live.items()},
+                               "idle_s": round(now - e.last_used, 3), "limits": e.instance.limits.as_dict(),
+                               "placement": "local" if e.instance.shard is self._local else
+                               f"shard {e.instance.shard.index}"} for k, e in live.items()},
+            "local": {"isolates": len(self._local.instances), "bytecode": self._local.bytecode},
             "shards": [{"index": s.index, "pid": s.proc.pid if s.proc else None, "isolates": len(s.instances),
                         "kills": s.kills, "starts": s.restarts,
                         "bytecode": s.bytecode} for s in self._shards],
@@ -207,7 +216,7 @@ class Loader:
         except asyncio.TimeoutError:
             raise WorkerLoadError(f"worker {key!r}: the factory did not finish within {self.load_timeout_s}s",
                                   js_name="Error", js_message="factory timed out", key=key) from None
-        inst = await self._shard_for(key).load(key, code, self.load_timeout_s)
+        inst = await self._host_for(key, code).load(key, code, self.load_timeout_s)
         self._stats["loads"] += 1
         self._stats["load_seconds"] += time.perf_counter() - started
         return PreparedWorker(key, factory, code, inst)
@@ -254,6 +263,7 @@ class Loader:
         self._entries.clear()
         for shard in self._shards:
             await shard.close()
+        await self._local.close()
 
     async def __aenter__(self) -> "Loader":
         return self
@@ -262,7 +272,9 @@ class Loader:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
-    def _shard_for(self, key: str) -> Shard:
+    def _host_for(self, key: str, code: WorkerCode) -> IsolateHost:
+        if code.trusted:
+            return self._local
         return self._shards[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self._shards)]
 
     def _entry(self, key: str, factory: Factory, count: bool) -> _Entry:
@@ -304,7 +316,7 @@ class Loader:
             else:
                 code = await asyncio.wait_for(self._run_factory(entry.key, entry.factory), self.load_timeout_s)
                 entry.code = code
-            inst = await self._shard_for(entry.key).load(entry.key, code, self.load_timeout_s)
+            inst = await self._host_for(entry.key, code).load(entry.key, code, self.load_timeout_s)
         except asyncio.CancelledError:
             if not fut.done():
                 fut.cancel()

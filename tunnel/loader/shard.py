@@ -1,19 +1,15 @@
-"""The loader's side of a shard process: spawning, messaging, events, watchdog.
+"""The loader's side of a shard process: spawning, framing, watchdog.
 
 Each ``Shard`` runs ``python -m tunnel.loader.child`` connected by a Unix socket pair, read on the
-event loop (asyncio transport: writes never block the loop). Isolates live in exactly one shard
-(chosen by key hash) and only that process's main thread touches them; the event loop thread
-never runs JavaScript. Ops the JavaScript side asks for (binding calls, global fetch, body
-reads, timers) run here as asyncio tasks (``bridge.run_op``) answered with ``done`` messages.
+event loop (asyncio transport: writes never block the loop). An isolate lives in exactly one
+shard and only that process's main thread touches it; the event loop thread never runs a
+user's JavaScript. What happens to the messages is ``host.IsolateHost``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
-import json
-import logging
 import mmap
 import os
 import socket
@@ -23,19 +19,15 @@ import sys
 import time
 from typing import Callable
 
-from .bridge import Instance, Limits, Req, add_handle, close_later, release_handles, response_from_wire, run_op
-from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
-from .http_types import Request, Response, WorkerCode, body_is_empty
+from .bridge import Instance, Limits
+from .errors import WorkerUnavailable
+from .host import IsolateHost, log
 from .protocol import FrameBuffer, ProtocolError, encode, encode_hot
 
-log = logging.getLogger("tunnel.loader")
-worker_log = logging.getLogger("tunnel.loader.worker")
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _START_TIMEOUT_S = 30.0
-_MAX_CANCELLED = 1024
 
 
-class Shard:
+class Shard(IsolateHost):
     """One shard process and everything in flight on it.
 
     Args:
@@ -47,12 +39,11 @@ class Shard:
 
     def __init__(self, index: int, limits: Limits, hang_timeout_s: float, on_dead: Callable[[Instance], None],
                  on_memory: Callable[[Instance], None]):
-        self.index, self.limits, self.hang_timeout_s = index, limits, hang_timeout_s
-        self.on_dead, self.on_memory = on_dead, on_memory
+        super().__init__(index, limits, on_dead, on_memory)
+        self.hang_timeout_s = hang_timeout_s
         self.proc: subprocess.Popen | None = None
         self.transport: asyncio.Transport | None = None
         self.starting: asyncio.Future | None = None
-        self.instances: dict[int, Instance] = {}
         self.frames = FrameBuffer()
         self.seq = 0
         self.acked = 0
@@ -63,8 +54,10 @@ class Shard:
         self.restarts = 0
         self.bytecode = False
         self.current: mmap.mmap | None = None
-        self._ids = itertools.count(1)
-        self.closed = False
+
+    @property
+    def running(self) -> bool:
+        return self.transport is not None
 
     # ------------------------------------------------------------------ process
     async def ensure_started(self) -> None:
@@ -200,6 +193,16 @@ class Shard:
         self.sent.append((seq, wid, rid))
         self.transport.write(encode_hot(kind, wid, rid, seq, blob, extra))
 
+    def _send_req(self, inst: Instance, rid: int, text: str) -> None:
+        self._send_hot(b"req", inst.wid, rid, text.encode("ascii"))
+
+    def _send_done(self, inst: Instance, rid: int, text: str, blob: bytes, p: str | None) -> None:
+        # the runtime's message travels as ready JSON text in the blob (before the payload), so the
+        # shard hands it to JavaScript without parsing and re-encoding it
+        data = text.encode("ascii")
+        extra = b',"n":%d' % len(data) if p is None else b',"n":%d,"p":"%b"' % (len(data), p.encode())
+        self._send_hot(b"done", inst.wid, rid, data + blob if blob else data, extra)
+
     def _frame(self, header: dict, blob: bytes) -> None:
         self.last_progress = time.monotonic()
         ack = header.get("ack", 0)
@@ -208,249 +211,12 @@ class Shard:
         sent = self.sent
         while sent and sent[0][0] <= ack:
             sent.popleft()
-        for ev in header.get("ev", ()):
-            try:
-                self._event(ev)
-            except Exception:  # a malformed event must not break the protocol loop
-                log.exception("loader shard %d: bad event %r", self.index, ev.get("t"))
-        for wid, rid, off, n in header.get("js", ()):
-            inst = self.instances.get(wid)
-            if inst is None:
-                continue
-            try:
-                events = _loads(blob[off:off + n].decode("utf-8", "surrogatepass"))
-                for ev in events:
-                    self._js_event(inst, rid, ev)
-            except Exception:  # hostile code controls this text: never let it break the loop
-                log.exception("loader shard %d: bad runtime event from %r", self.index, inst.key)
-
-    def _event(self, ev: dict) -> None:
-        t = ev["t"]
-        inst = self.instances.get(ev.get("wid", 0))
-        if t == "loaded":
-            if inst is None or inst.loaded is None or inst.loaded.done():
-                return
-            if ev["ok"]:
-                inst.alive = True
-                inst.memory = ev.get("mem", 0)
-                inst.loaded.set_result(None)
-            else:
-                self.instances.pop(inst.wid, None)
-                inst.loaded.set_exception(error_from_wire("load" if ev["kind"] == "script" else ev["kind"],
-                                                          ev["name"], ev["message"], inst.key, ev.get("stack", "")))
-            return
-        if inst is None:
-            return
-        if t == "log":
-            self._js_event(inst, 0, ev)
-        elif t == "mem":
-            inst.memory = ev["bytes"]
-            self.on_memory(inst)
-        elif t == "dead":
-            self._discard(inst, ev["rid"], ev["kind"], ev["name"], ev["message"], ev.get("stack", ""))
-
-    def _js_event(self, inst: Instance, turn_rid: int, ev: dict) -> None:
-        t = ev["t"]
-        if t == "res":
-            rid = ev["rid"]
-            req = inst.inflight.get(rid)
-            if req is not None and not req.future.done():
-                if ev["ok"]:
-                    try:
-                        req.future.set_result(response_from_wire(inst, ev["res"]))
-                    except TypeError as exc:
-                        req.future.set_exception(error_from_wire("script", "TypeError", str(exc), inst.key))
-                else:
-                    kind = "memory" if ev.get("kind") == "memory" else "script"
-                    req.future.set_exception(error_from_wire(kind, str(ev["name"]), str(ev["message"]),
-                                                             inst.key, str(ev.get("stack", ""))))
-                    if kind == "memory":  # the isolate may be left inconsistent: discard it
-                        self._discard(inst, rid, "memory", str(ev["name"]), str(ev["message"]), "")
-                        if self.transport is not None:
-                            self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
-                        return
-            if ev.get("end"):
-                self._end(inst, rid)
-        elif t == "end":
-            self._end(inst, ev["rid"])
-        elif t == "op":
-            ev["rid"] = turn_rid
-            if turn_rid in inst.cancelled:
-                # from a turn of a request the caller gave up on (it ran before the shard got the
-                # cancel): not performed, and the runtime forgets it too
-                self._send_cancel(inst, turn_rid, [ev["id"]])
-                return
-            task = asyncio.get_running_loop().create_task(self._op(inst, ev))
-            inst.tasks[task] = ev
-            task.add_done_callback(inst.task_done)
-        elif t == "log":
-            worker_log.log(_LOG_LEVELS.get(ev.get("l"), logging.INFO), "[%s] %s", inst.key, ev.get("m", ""))
-
-    def _discard(self, inst: Instance, rid: int, kind: str, name: str, message: str, stack: str) -> None:
-        self.instances.pop(inst.wid, None)
-        was_alive, inst.alive = inst.alive, False
-        if inst.loaded is not None and not inst.loaded.done():
-            inst.loaded.set_exception(error_from_wire(kind if kind != "unavailable" else "unavailable", name, message, inst.key))
-        for req in list(inst.inflight.values()):
-            if not req.future.done():
-                if req.rid == rid:
-                    err = error_from_wire(kind, name, message, inst.key, stack)
-                else:
-                    err = WorkerUnavailable(
-                        f"worker {inst.key!r}: isolate discarded ({kind}: {message}) while this request ran on it",
-                        js_name=name, js_message=message, key=inst.key)
-                req.future.set_exception(err)
-        inst.inflight.clear()
-        inst.handles.clear()
-        inst.closable.clear()
-        for task in inst.tasks:
-            task.cancel()
-        if was_alive or kind != "load":
-            self.on_dead(inst)
-
-    def _end(self, inst: Instance, rid: int) -> None:
-        req = inst.inflight.pop(rid, None)
-        if req is None:
-            return
-        release_handles(inst, req)
-        if not req.future.done():  # ended without a response (should not happen)
-            req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r}: request ended without a response",
-                                                       key=inst.key))
-        if not inst.inflight and inst.retired:
-            self.drop(inst)
-
-    # ------------------------------------------------------------------ ops
-    async def _op(self, inst: Instance, ev: dict) -> None:
-        reply, blob = await run_op(inst, ev, self.limits.max_body_bytes)
-        if inst.alive and self.transport is not None:
-            # the runtime's message travels as ready JSON text in the blob (before the payload), so
-            # the shard hands it to JavaScript without parsing and re-encoding it
-            rid, p = reply.pop("rid"), reply.pop("p", None)
-            del reply["wid"]
-            text = _dumps(reply).encode("ascii")
-            extra = b',"n":%d' % len(text) if p is None else b',"n":%d,"p":"%b"' % (len(text), p.encode())
-            self._send_hot(b"done", inst.wid, rid, text + blob if blob else text, extra)
-
-    # ------------------------------------------------------------------ public
-    async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
-        """Create an isolate for ``code`` in this shard.
-
-        Raises:
-            WorkerLoadError: the code does not load (message names the module, line and column).
-            CpuLimitExceeded / MemoryLimitExceeded: evaluating the modules hit a limit.
-            WorkerUnavailable: the shard died meanwhile.
-        """
-        await self.ensure_started()
-        wid = next(self._ids)
-        inst = Instance(self, wid, key, code)
-        inst.loaded = asyncio.get_running_loop().create_future()
-        env_json, bindings = code.split_env()
-        mods: dict[str, list] = {}
-        blob = bytearray()
-        for name, value in code.modules.items():
-            if isinstance(value, str):
-                mods[name] = ["js", value]
-                continue
-            kind, payload = next(iter(value.items()))
-            if kind == "json":
-                payload = json.dumps(payload)
-            elif kind == "data":
-                data = bytes(payload)
-                payload = [len(blob), len(data)]
-                blob += data
-            mods[name] = [kind, payload]
-        self.instances[wid] = inst
-        lim = self.limits
-        self._send({"t": "load", "wid": wid, "main": code.main_module, "mods": mods, "env": env_json,
-                    "bindings": bindings, "outbound": code.global_outbound is not None,
-                    "limits": {"cpu": lim.cpu_s, "mem": lim.memory, "load": lim.load_cpu_s}}, bytes(blob), wid, 0)
-        try:
-            await asyncio.wait_for(asyncio.shield(inst.loaded), timeout)
-        except asyncio.TimeoutError:
-            self.drop(inst)
-            raise WorkerLoadError(f"worker {key!r}: loading timed out after {timeout}s", key=key) from None
-        return inst
-
-    async def fetch(self, inst: Instance, request: Request) -> Response:
-        """Run the worker's fetch handler on ``request``.
-
-        Raises:
-            WorkerScriptError, CpuLimitExceeded, MemoryLimitExceeded, WorkerUnavailable.
-        """
-        if not inst.alive:
-            raise WorkerUnavailable(f"worker {inst.key!r}: isolate is gone", key=inst.key)
-        rid = next(self._ids)
-        req = Req(rid, asyncio.get_running_loop().create_future())
-        inst.inflight[rid] = req
-        inst.requests += 1
-        body = None
-        if not body_is_empty(request.body):
-            body = {"h": add_handle(inst, request.body, rid)}
-        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
-                                                "headers": list(request.headers.items()),
-                                                "cf": request.cf, "body": body}}
-        try:
-            self._send_hot(b"req", inst.wid, rid, _dumps(wire).encode("ascii"))
-        except WorkerError:
-            inst.inflight.pop(rid, None)
-            raise
-        try:
-            return await req.future
-        except asyncio.CancelledError:  # the caller gave up (e.g. asyncio.wait_for's timeout)
-            self._cancel(inst, req, request)
-            raise
-
-    def _cancel(self, inst: Instance, req: Req, request: Request) -> None:
-        """Forget a request whose caller was cancelled: its in-flight entry, body handles and
-        running ops here, and (``cancel`` message) what the isolate holds for it."""
-        fut = req.future
-        if fut.done() and not fut.cancelled():
-            # the answer arrived as the caller gave up: the request runs to its end (waitUntil),
-            # but nobody will read that response's body
-            if fut.exception() is None and fut.result().body is not request.body:
-                close_later(fut.result().body)
-            return
-        rid = req.rid
-        if inst.inflight.get(rid) is not req:  # already ended or discarded
-            return
-        del inst.inflight[rid]
-        release_handles(inst, req)
-        ops = []
-        for task, ev in list(inst.tasks.items()):
-            if ev["rid"] == rid and not task.done():
-                task.cancel()
-                ops.append(ev["id"])
-        cancelled = inst.cancelled
-        cancelled[rid] = None
-        if len(cancelled) > _MAX_CANCELLED:
-            del cancelled[next(iter(cancelled))]
-        self._send_cancel(inst, rid, ops)
-        if not inst.inflight and inst.retired:
-            self.drop(inst)
-
-    def _send_cancel(self, inst: Instance, rid: int, ops: list[int]) -> None:
-        if inst.alive and self.transport is not None:
-            self._send({"t": "cancel", "wid": inst.wid, "rid": rid, "ops": ops}, b"", inst.wid, rid)
-
-    def drop(self, inst: Instance) -> None:
-        """Discard an isolate now (its in-flight requests fail with ``WorkerUnavailable``)."""
-        if self.instances.pop(inst.wid, None) is None:
-            return
-        inst.alive = False
-        for req in inst.inflight.values():
-            if not req.future.done():
-                req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r} was evicted", key=inst.key))
-        inst.inflight.clear()
-        inst.handles.clear()
-        for task in inst.tasks:
-            task.cancel()
-        if self.transport is not None:
-            self._send({"t": "drop", "wid": inst.wid}, b"", inst.wid, 0)
+        js = [(wid, rid, blob[off:off + n].decode("utf-8", "surrogatepass"))
+              for wid, rid, off, n in header.get("js", ())]
+        self._deliver(header.get("ev", ()), js)
 
 
 _SEQ = struct.Struct("<Q")
-_loads = json.JSONDecoder().decode
-_dumps = json.JSONEncoder().encode  # ASCII JSON: what reaches JavaScript never carries a lone surrogate
 
 
 def _shared_word() -> int:
