@@ -20,27 +20,39 @@ _helper("begin", (), r'''
 // (request.cf.clientIp, never a client header), and the changes the policy has decided.
 // The URL is split by hand: request.url is already normalised, and this is far cheaper than URL.
 function begin(request) {
-  const cf = request.cf || {};
+  const cf = request.cf;
   const href = request.url;
   const start = href.indexOf("//") + 2;
-  let end = href.slice(start).search(/[/?#]/);
-  end = end < 0 ? href.length : start + end;
+  let end = start;
+  while (end < href.length) {
+    const c = href.charCodeAt(end);
+    if (c === 47 || c === 63 || c === 35) break;  // / ? #
+    end++;
+  }
   let host = href.slice(start, end);
   if (host.indexOf("@") >= 0) host = host.slice(host.lastIndexOf("@") + 1);
   // as routing normalises the Host (tunnel.config.patterns.normalize_host): no port, no trailing dots
   if (host.startsWith("[")) host = host.slice(0, host.indexOf("]") + 1);
-  else host = (host.indexOf(":") >= 0 && host.indexOf(":") === host.lastIndexOf(":") ? host.slice(0, host.indexOf(":")) : host).replace(/\.+$/, "");
-  let rest = href.slice(end);
-  if (rest.indexOf("#") >= 0) rest = rest.slice(0, rest.indexOf("#"));
+  else {
+    const colon = host.indexOf(":");
+    if (colon >= 0 && colon === host.lastIndexOf(":")) host = host.slice(0, colon);
+    while (host.endsWith(".")) host = host.slice(0, -1);
+  }
+  let rest = end < href.length ? href.slice(end) : "";
+  const hash = rest.indexOf("#");
+  if (hash >= 0) rest = rest.slice(0, hash);
   const q = rest.indexOf("?");
   return {
     request,
+    method: request.method,
     origin: href.slice(0, end),
     hostname: host.toLowerCase(),  // URL hosts are ASCII (punycode), so this is the ASCII lowercase
     path: (q < 0 ? rest : rest.slice(0, q)) || "/",
     search: q < 0 ? "" : rest.slice(q),
-    clientIp: typeof cf.clientIp === "string" ? cf.clientIp : "",
-    headers: null,        // a mutable copy of the request headers, made on first change
+    clientIp: cf !== undefined && cf !== null && typeof cf.clientIp === "string" ? cf.clientIp : "",
+    ip: undefined,        // the client IP parsed, on first use (null when it does not parse)
+    out: null,            // the request to forward once the policy changed its headers
+    headers: null,        // out's headers (changed in place)
     rewritten: false,     // true once url_rewrite changed the path
     service: undefined,   // the ingress service an ab_split chose
     responseOps: [],      // [op, name, value] applied to the final response
@@ -51,14 +63,20 @@ function begin(request) {
 ''')
 
 _helper("header", (), r'''
+// A request header (names are lower-case constants), as changed so far by the policy.
 function header(st, name) {
   return (st.headers || st.request.headers).get(name);
 }
 ''')
 
 _helper("requestHeaders", (), r'''
+// The headers of the request to forward, made mutable on the first change: one copy of the
+// original request (new Request(request) carries the body along unread).
 function requestHeaders(st) {
-  if (st.headers === null) st.headers = new Headers(st.request.headers);
+  if (st.headers === null) {
+    st.out = new Request(st.request);
+    st.headers = st.out.headers;
+  }
   return st.headers;
 }
 ''')
@@ -81,53 +99,65 @@ function cookie(st, name) {
 }
 ''')
 
-_helper("globMatch", (), r'''
-// A path glob: "*" matches any run of characters; the whole text must match.
-function globMatch(glob, text) {
-  const parts = glob.split("*");
-  if (parts.length === 1) return text === glob;
-  const first = parts[0], last = parts[parts.length - 1];
-  if (text.length < first.length + last.length || !text.startsWith(first) || !text.endsWith(last)) return false;
-  let pos = first.length;
-  const end = text.length - last.length;
-  for (let i = 1; i < parts.length - 1; i++) {
-    const found = text.indexOf(parts[i], pos);
-    if (found < 0 || found + parts[i].length > end) return false;
-    pos = found + parts[i].length;
+_helper("glob", (), r'''
+// A path glob as a matcher: "*" matches any run of characters; the whole text must match.
+// Compiled once per isolate into the cheapest test it allows (===, startsWith, endsWith).
+function glob(pattern) {
+  const parts = pattern.split("*");
+  if (parts.length === 1) return (text) => text === pattern;
+  const first = parts[0], last = parts[parts.length - 1], fixed = first.length + last.length;
+  if (parts.length === 2) {
+    if (last === "") return (text) => text.startsWith(first);
+    if (first === "") return (text) => text.endsWith(last);
+    return (text) => text.length >= fixed && text.startsWith(first) && text.endsWith(last);
   }
-  return true;
+  const middle = parts.slice(1, -1);
+  return (text) => {
+    if (text.length < fixed || !text.startsWith(first) || !text.endsWith(last)) return false;
+    let pos = first.length;
+    const end = text.length - last.length;
+    for (let i = 0; i < middle.length; i++) {
+      const found = text.indexOf(middle[i], pos);
+      if (found < 0 || found + middle[i].length > end) return false;
+      pos = found + middle[i].length;
+    }
+    return true;
+  };
 }
 ''')
 
 _helper("matchHost", (), r'''
 function matchHost(st, patterns) {
   const host = st.hostname;
-  for (const p of patterns) {
+  for (let i = 0; i < patterns.length; i++) {
+    const p = patterns[i];
     if (p.startsWith("*.") ? host.length > p.length - 1 && host.endsWith(p.slice(1)) : host === p) return true;
   }
   return false;
 }
 ''')
 
-_helper("matchPath", ("globMatch",), r'''
+_helper("matchPath", ("glob",), r'''
+// globs: matchers made by glob() once per isolate.
 function matchPath(st, globs) {
   const path = st.path;
-  for (const g of globs) if (globMatch(g, path)) return true;
+  for (let i = 0; i < globs.length; i++) if (globs[i](path)) return true;
   return false;
 }
 ''')
 
 _helper("matchMethod", (), r'''
 function matchMethod(st, methods) {
-  return methods.includes(st.request.method.toUpperCase());
+  return methods.includes(st.method.toUpperCase());
 }
 ''')
 
-_helper("matchHeaders", ("header", "globMatch"), r'''
+_helper("matchHeaders", ("header", "glob"), r'''
+// pairs: [lower-case name, matcher] made once per isolate.
 function matchHeaders(st, pairs) {
-  for (const [name, glob] of pairs) {
-    const value = header(st, name);
-    if (value === null || !globMatch(glob, value)) return false;
+  for (let i = 0; i < pairs.length; i++) {
+    const value = header(st, pairs[i][0]);
+    if (value === null || !pairs[i][1](value)) return false;
   }
   return true;
 }
@@ -138,69 +168,81 @@ _helper("queryValues", (), r'''
 function queryValues(st, name) {
   if (st.query === undefined) {
     st.query = new Map();
-    const decode = (s) => {
-      s = s.replace(/\+/g, " ");
-      try { return decodeURIComponent(s); } catch (e) { return s; }
-    };
-    for (const part of st.search.slice(1).split("&")) {
-      if (part === "") continue;
-      const eq = part.indexOf("=");
-      const key = decode(eq < 0 ? part : part.slice(0, eq));
-      const value = eq < 0 ? "" : decode(part.slice(eq + 1));
-      const list = st.query.get(key);
-      if (list === undefined) st.query.set(key, [value]);
-      else list.push(value);
+    if (st.search.length > 1) {
+      const decode = (s) => {
+        if (s.indexOf("+") >= 0) s = s.replace(/\+/g, " ");
+        if (s.indexOf("%") < 0) return s;
+        try { return decodeURIComponent(s); } catch (e) { return s; }
+      };
+      for (const part of st.search.slice(1).split("&")) {
+        if (part === "") continue;
+        const eq = part.indexOf("=");
+        const key = decode(eq < 0 ? part : part.slice(0, eq));
+        const value = eq < 0 ? "" : decode(part.slice(eq + 1));
+        const list = st.query.get(key);
+        if (list === undefined) st.query.set(key, [value]);
+        else list.push(value);
+      }
     }
   }
-  return st.query.get(name) || [];
+  return st.query.get(name) || NO_VALUES;
 }
+const NO_VALUES = [];
 ''')
 
-_helper("matchQuery", ("queryValues", "globMatch"), r'''
+_helper("matchQuery", ("queryValues", "glob"), r'''
 // Each pair must match, and a pair matches when any value of a repeated parameter does.
 function matchQuery(st, pairs) {
-  for (const [name, glob] of pairs) {
-    if (!queryValues(st, name).some((value) => globMatch(glob, value))) return false;
+  for (let i = 0; i < pairs.length; i++) {
+    const values = queryValues(st, pairs[i][0]), test = pairs[i][1];
+    let found = false;
+    for (let j = 0; j < values.length && !found; j++) found = test(values[j]);
+    if (!found) return false;
   }
   return true;
 }
 ''')
 
-_helper("matchCookies", ("cookie", "globMatch"), r'''
+_helper("matchCookies", ("cookie", "glob"), r'''
 function matchCookies(st, pairs) {
-  for (const [name, glob] of pairs) {
-    const value = cookie(st, name);
-    if (value === undefined || !globMatch(glob, value)) return false;
+  for (let i = 0; i < pairs.length; i++) {
+    const value = cookie(st, pairs[i][0]);
+    if (value === undefined || !pairs[i][1](value)) return false;
   }
   return true;
 }
 ''')
 
 _helper("parseIp", (), r'''
-// An IPv4 or IPv6 address as eight 16-bit words (IPv4 as ::ffff:a.b.c.d), or null.
+// An IP address as {v4, w}: v4 the IPv4 address as an unsigned integer (for IPv4 and IPv4-mapped
+// IPv6 text; -1 otherwise) and w its eight 16-bit words (IPv4 as ::ffff:a.b.c.d); null when the
+// text is not an address.
 function parseIp(text) {
   let s = String(text || "").trim();
   if (s.startsWith("[")) s = s.slice(1, s.indexOf("]") < 0 ? s.length : s.indexOf("]"));
   if (s.indexOf("%") >= 0) s = s.slice(0, s.indexOf("%"));
   const v4 = (t) => {
     const parts = t.split(".");
-    if (parts.length !== 4) return null;
-    const b = [];
-    for (const p of parts) {
-      if (!/^(0|[1-9][0-9]{0,2})$/.test(p) || Number(p) > 255) return null;
-      b.push(Number(p));
+    if (parts.length !== 4) return -1;
+    let value = 0;
+    for (let i = 0; i < 4; i++) {
+      const p = parts[i];
+      if (!/^(0|[1-9][0-9]{0,2})$/.test(p)) return -1;
+      const n = Number(p);
+      if (n > 255) return -1;
+      value = value * 256 + n;
     }
-    return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];
+    return value;
   };
   if (s.indexOf(":") < 0) {
-    const w = v4(s);
-    return w === null ? null : [0, 0, 0, 0, 0, 0xffff, w[0], w[1]];
+    const value = v4(s);
+    return value < 0 ? null : { v4: value, w: null };
   }
   const lastColon = s.lastIndexOf(":");
   if (s.indexOf(".", lastColon) >= 0) {
-    const w = v4(s.slice(lastColon + 1));
-    if (w === null) return null;
-    s = s.slice(0, lastColon + 1) + w[0].toString(16) + ":" + w[1].toString(16);
+    const value = v4(s.slice(lastColon + 1));
+    if (value < 0) return null;
+    s = s.slice(0, lastColon + 1) + (value >>> 16).toString(16) + ":" + (value & 0xffff).toString(16);
   }
   const halves = s.split("::");
   if (halves.length > 2) return null;
@@ -216,28 +258,50 @@ function parseIp(text) {
   for (const g of head) if (!push(g)) return null;
   if (halves.length === 2) for (let i = head.length + tail.length; i < 8; i++) words.push(0);
   for (const g of tail) if (!push(g)) return null;
-  return words;
+  const mapped = words[0] === 0 && words[1] === 0 && words[2] === 0 && words[3] === 0 && words[4] === 0 &&
+    words[5] === 0xffff;
+  return { v4: mapped ? words[6] * 65536 + words[7] : -1, w: words };
 }
 ''')
 
 _helper("cidrs", ("parseIp",), r'''
-// CIDR strings (validated by the config model) as {words, prefix} over 128 bits.
+// CIDR strings (validated by the config model) compiled once per isolate: a network inside
+// ::ffff:0:0/96 (IPv4, or IPv4-mapped IPv6) as {v4: true, base, mask} over the 32 IPv4 bits,
+// any other as {v4: false, words, prefix} over 128 bits.
 function cidrs(list) {
   return list.map((text) => {
     const slash = text.indexOf("/");
-    const addr = slash < 0 ? text : text.slice(0, slash);
-    const v4 = addr.indexOf(":") < 0;
-    const bits = slash < 0 ? (v4 ? 32 : 128) : Number(text.slice(slash + 1));
-    return { words: parseIp(addr), prefix: v4 ? bits + 96 : bits };
+    const addr = parseIp(slash < 0 ? text : text.slice(0, slash));
+    const isV4Text = text.indexOf(":") < 0;
+    const bits = slash < 0 ? (isV4Text ? 32 : 128) : Number(text.slice(slash + 1));
+    const prefix = isV4Text ? bits + 96 : bits;
+    if (addr.v4 >= 0 && prefix >= 96) {
+      const n = prefix - 96;
+      const mask = n === 0 ? 0 : (0xffffffff << (32 - n)) >>> 0;
+      return { v4: true, base: (addr.v4 & mask) >>> 0, mask };
+    }
+    return { v4: false, words: addr.w || ipWords(addr), prefix };
   });
 }
 ''')
 
 _helper("ipIn", ("parseIp",), r'''
+// The eight 16-bit words of a parsed address (IPv4 as ::ffff:a.b.c.d).
+function ipWords(ip) {
+  if (ip.w === null) ip.w = [0, 0, 0, 0, 0, 0xffff, ip.v4 >>> 16, ip.v4 & 0xffff];
+  return ip.w;
+}
+
+// Whether the parsed address ip lies in one of the compiled networks.
 function ipIn(ip, networks) {
-  const words = parseIp(ip);
-  if (words === null) return false;
-  for (const net of networks) {
+  if (ip === null) return false;
+  for (let k = 0; k < networks.length; k++) {
+    const net = networks[k];
+    if (net.v4) {
+      if (ip.v4 >= 0 && ((ip.v4 & net.mask) >>> 0) === net.base) return true;
+      continue;
+    }
+    const words = ipWords(ip);
     let left = net.prefix, i = 0;
     for (; left > 0; i++, left -= 16) {
       const mask = left >= 16 ? 0xffff : (0xffff << (16 - left)) & 0xffff;
@@ -247,11 +311,17 @@ function ipIn(ip, networks) {
   }
   return false;
 }
+
+// The client IP parsed, once per request.
+function clientIp(st) {
+  if (st.ip === undefined) st.ip = parseIp(st.clientIp);
+  return st.ip;
+}
 ''')
 
 _helper("matchClientIp", ("ipIn",), r'''
 function matchClientIp(st, networks) {
-  return ipIn(st.clientIp, networks);
+  return ipIn(clientIp(st), networks);
 }
 ''')
 
@@ -289,21 +359,21 @@ function redirect(location, status) {
 _helper("setRequestHeaders", ("requestHeaders",), r'''
 function setRequestHeaders(st, pairs) {
   const h = requestHeaders(st);
-  for (const [name, value] of pairs) h.set(name, value);
+  for (let i = 0; i < pairs.length; i++) h.set(pairs[i][0], pairs[i][1]);
 }
 ''')
 
 _helper("addRequestHeaders", ("requestHeaders",), r'''
 function addRequestHeaders(st, pairs) {
   const h = requestHeaders(st);
-  for (const [name, value] of pairs) h.append(name, value);
+  for (let i = 0; i < pairs.length; i++) h.append(pairs[i][0], pairs[i][1]);
 }
 ''')
 
 _helper("removeRequestHeaders", ("requestHeaders",), r'''
 function removeRequestHeaders(st, names) {
   const h = requestHeaders(st);
-  for (const name of names) h.delete(name);
+  for (let i = 0; i < names.length; i++) h.delete(names[i]);
 }
 ''')
 
@@ -452,10 +522,10 @@ function bearerAuth(st, realm, hashes) {
 }
 ''')
 
-_helper("ipRestriction", ("ipIn", "parseIp", "refuse"), r'''
+_helper("ipRestriction", ("ipIn", "refuse"), r'''
 function ipRestriction(st, allow, deny) {
-  const known = parseIp(st.clientIp) !== null;
-  const ok = known ? !ipIn(st.clientIp, deny) && (allow.length === 0 || ipIn(st.clientIp, allow)) : allow.length === 0;
+  const ip = clientIp(st);
+  const ok = ip !== null ? !ipIn(ip, deny) && (allow.length === 0 || ipIn(ip, allow)) : allow.length === 0;
   return ok ? null : refuse(403, "ip-restricted", "403 Forbidden\n", []);
 }
 ''')
@@ -575,42 +645,43 @@ function featureFlag(st, f) {
       st.responseOps.push(["append", "Set-Cookie", f.cookie + "=" + bucket + "; Path=/; Max-Age=" + f.max_age + "; SameSite=Lax"]);
     }
   } else {
-    bucket = fnv1a(f.name + "\u0000" + stickyKey(st, f.sticky_by)) % 10000;
+    const key = stickyKey(st, f.sticky_by);
+    bucket = f.buckets.get(key);  // the hash is a pure function of the key: remembered (bounded)
+    if (bucket === undefined) {
+      bucket = fnv1a(f.name + "\u0000" + key) % 10000;
+      if (f.buckets.size >= 4096) f.buckets.clear();
+      f.buckets.set(key, bucket);
+    }
   }
   requestHeaders(st).set(f.header, bucket < f.percent * 100 ? "on" : "off");
 }
 ''')
 
 _helper("outgoing", (), r'''
-// The request to forward: the original one unless the policy changed its headers or path.
-// One new Request at most: new Request(request, init) and new Request(url, request) carry the
-// body along unread; a Request the worker made has mutable headers.
+// The request to forward: the original one, the copy whose headers the policy changed, or (after
+// a url_rewrite) a new Request for the new URL; each carries the body along unread.
 function outgoing(st) {
-  const r = st.request;
-  if (!st.rewritten) return st.headers === null ? r : new Request(r, { headers: st.headers });
-  const out = new Request(st.origin + st.path + st.search, r);
-  if (st.headers !== null) {
-    for (const name of [...out.headers.keys()]) out.headers.delete(name);
-    for (const [name, value] of st.headers) out.headers.append(name, value);
-  }
-  return out;
+  const r = st.out || st.request;
+  return st.rewritten ? new Request(st.origin + st.path + st.search, r) : r;
 }
 ''')
 
 _helper("finish", (), r'''
 // Apply the response header changes the policy decided, in order, to the final response.
 function finish(st, response) {
-  if (st.responseOps.length === 0) return response;
+  const ops = st.responseOps;
+  if (ops.length === 0) return response;
   const out = new Response(response.body, response);
-  for (const [op, name, value] of st.responseOps) {
-    if (op === "set") out.headers.set(name, value);
-    else if (op === "append") out.headers.append(name, value);
-    else out.headers.delete(name);
+  const h = out.headers;
+  for (let i = 0; i < ops.length; i++) {
+    const o = ops[i];
+    if (o[0] === "set") h.set(o[1], o[2]);
+    else if (o[0] === "append") h.append(o[1], o[2]);
+    else h.delete(o[1]);
   }
   return out;
 }
 ''')
-
 
 def helpers_for(used: set[str]) -> list[str]:
     """The code of every helper in ``used`` and their dependencies, in this module's order."""

@@ -108,11 +108,11 @@ def _emit_passthrough(e: _Emitter, custom: bool) -> None:
 def _emit_main(e: _Emitter) -> None:
     e.used.update({"begin", "finish"})
     e.line(0, "export default {")
-    e.line(1, "async fetch(request, env, ctx) {")
+    e.line(1, "fetch(request, env, ctx) {")
     e.line(2, "const st = begin(request);")
     e.line(2, "const answer = onRequest(st);")
-    e.line(2, "const response = answer !== null ? answer : await forward(st, env, ctx);")
-    e.line(2, "return finish(st, onResponse(st, response));")
+    e.line(2, "if (answer !== null) return finish(st, onResponse(st, answer));  // no await: answered in this turn")
+    e.line(2, "return Promise.resolve(forward(st, env, ctx)).then((response) => finish(st, onResponse(st, response)));")
     e.line(1, "},")
     e.line(0, "};")
     e.line(0)
@@ -121,7 +121,7 @@ def _emit_main(e: _Emitter) -> None:
 def _emit_forward(e: _Emitter, custom: bool, split: bool) -> None:
     e.used.add("outgoing")
     e.line(0, "// Forward through the tunnel" + (" via the custom worker" if custom else "") + ".")
-    e.line(0, "async function forward(st, env, ctx) {")
+    e.line(0, "function forward(st, env, ctx) {")
     e.line(1, "const request = outgoing(st);")
     if custom and split:
         e.line(1, "if (st.service !== undefined) {")
@@ -140,29 +140,40 @@ def _emit_forward(e: _Emitter, custom: bool, split: bool) -> None:
 
 
 def _condition(e: _Emitter, match: Match | None, tag: str, *, response: str | None = None) -> str:
-    """The JavaScript test for ``match`` (``"true"`` when there is none)."""
+    """The JavaScript test for ``match`` (``"true"`` when there is none). Its values become
+    per-isolate constants, compiled once (globs into matchers, CIDRs into masks)."""
     if match is None:
         return "true"
     tests = []
     if match.hosts is not None:
-        tests.append(e.call("matchHost", "st", js(list(match.hosts))))
+        tests.append(e.call("matchHost", "st", e.const(f"HOSTS_{tag}", js(list(match.hosts)))))
     if match.paths is not None:
-        tests.append(e.call("matchPath", "st", js(list(match.paths))))
+        tests.append(e.call("matchPath", "st", e.const(f"PATHS_{tag}", _globs(match.paths))))
     if match.methods is not None:
-        tests.append(e.call("matchMethod", "st", js(list(match.methods))))
+        tests.append(e.call("matchMethod", "st", e.const(f"METHODS_{tag}", js(list(match.methods)))))
     if match.headers is not None:
-        tests.append(e.call("matchHeaders", "st", js([list(p) for p in match.headers])))
+        pairs = [(name.lower(), glob) for name, glob in match.headers]
+        tests.append(e.call("matchHeaders", "st", e.const(f"HEADERS_{tag}", _glob_pairs(pairs))))
     if match.query is not None:
-        tests.append(e.call("matchQuery", "st", js([list(p) for p in match.query])))
+        tests.append(e.call("matchQuery", "st", e.const(f"QUERY_{tag}", _glob_pairs(match.query))))
     if match.cookies is not None:
-        tests.append(e.call("matchCookies", "st", js([list(p) for p in match.cookies])))
+        tests.append(e.call("matchCookies", "st", e.const(f"COOKIES_{tag}", _glob_pairs(match.cookies))))
     if match.client_ip is not None:
         e.used.add("cidrs")
         nets = e.const(f"CLIENT_IP_{tag}", f"cidrs({js([str(n) for n in match.client_ip])})")
         tests.append(e.call("matchClientIp", "st", nets))
     if match.status is not None and response is not None:
-        tests.append(e.call("matchStatus", response, js(list(match.status))))
+        tests.append(e.call("matchStatus", response, e.const(f"STATUS_{tag}", js(list(match.status)))))
+    e.used.update({"glob"} if match.paths is not None or match.headers or match.query or match.cookies else set())
     return " && ".join(tests) or "true"
+
+
+def _globs(globs) -> str:
+    return "[" + ", ".join(f"glob({js(g)})" for g in globs) + "]"
+
+
+def _glob_pairs(pairs) -> str:
+    return "[" + ", ".join(f"[{js(name)}, glob({js(g)})]" for name, g in pairs) + "]"
 
 
 def _kinds(rule: Rule) -> str:
@@ -204,10 +215,12 @@ def _emit_request_action(e: _Emitter, ind: int, a: Any, tag: str) -> bool:
     if isinstance(a, HeaderValues):
         helper = {"set_request_headers": "setRequestHeaders", "add_request_headers": "addRequestHeaders",
                   "set_response_headers": "setResponseHeaders", "add_response_headers": "addResponseHeaders"}[a.kind]
-        e.line(ind, e.call(helper, "st", js([list(p) for p in a.headers])) + ";")
+        values = e.const(f"SET_{tag}", js([list(p) for p in a.headers]))
+        e.line(ind, e.call(helper, "st", values) + ";")
     elif isinstance(a, RemoveHeaders):
         helper = "removeRequestHeaders" if a.target == "request" else "removeResponseHeaders"
-        e.line(ind, e.call(helper, "st", js(list(a.names))) + ";")
+        names = e.const(f"NAMES_{tag}", js(list(a.names)))
+        e.line(ind, e.call(helper, "st", names) + ";")
     elif isinstance(a, UrlRewrite):
         pattern = e.const(f"REWRITE_{tag}", f"new RegExp({js(a.pattern)})")
         e.line(ind, e.call("urlRewrite", "st", pattern, js(a.replacement)) + ";")
@@ -244,7 +257,8 @@ def _emit_request_action(e: _Emitter, ind: int, a: Any, tag: str) -> bool:
     elif isinstance(a, FeatureFlag):
         data = {"name": a.name, "percent": a.percent, "header": a.header, "sticky_by": a.sticky_by,
                 "cookie": a.cookie, "max_age": a.max_age_s}
-        e.line(ind, e.call("featureFlag", "st", js(data)) + ";")
+        flag = e.const(f"FLAG_{tag}", f"Object.assign({js(data)}, {{ buckets: new Map() }})")
+        e.line(ind, e.call("featureFlag", "st", flag) + ";")
     else:  # pragma: no cover - the config model admits no other action
         raise TypeError(f"unknown action {a!r}")
     return False
@@ -274,13 +288,13 @@ def _emit_on_response(e: _Emitter, tunnel: TunnelConfig) -> None:
         if cond != "true":
             e.line(1, f"if ({cond}) {{")
             indent = 2
-        for a in rule.actions:
+        for j, a in enumerate(rule.actions):
             if isinstance(a, Cors):
                 e.line(indent, e.call("cors", "st", js(_cors_data(a))) + ";")
             elif isinstance(a, CustomResponse):
                 e.line(indent, f"response = {_custom_response(e, a)};")
             else:
-                _emit_request_action(e, indent, a, "")
+                _emit_request_action(e, indent, a, f"RES_{i}_{j}")
         if cond != "true":
             e.line(1, "}")
     e.line(1, "return response;")

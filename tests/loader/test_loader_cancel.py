@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tunnel.loader import Loader, Request
+from tunnel.loader import Loader, Request, WorkerScriptError
 
 from .conftest import CountingFactory, code, get
 
@@ -16,7 +16,6 @@ HANGING = """export default { async fetch(req, env) {
   const path = req.url.slice(req.url.lastIndexOf('/'));
   if (path === '/ok') return new Response('ok');
   const big = ['x'.repeat(100000), req.url].join('');   // held by the pending continuation
-  if (path === '/never') await new Promise(() => {});
   if (path === '/binding') await env.SLOW.wait(path);
   if (path === '/timer') await new Promise((r) => setTimeout(r, 3_000_000));
   if (path === '/body') { await env.SLOW.wait(path); return new Response(req.body); }
@@ -45,7 +44,7 @@ async def _heap(ld: Loader, stub, key: str) -> int:
     return ld.stats()["per_worker"][key]["memory_bytes"]
 
 
-@pytest.mark.parametrize("path", ["/never", "/binding", "/timer", "/body"])
+@pytest.mark.parametrize("path", ["/binding", "/timer", "/body"])
 async def test_cancelled_fetches_leave_nothing_behind(path):
     slow = Slow()
     async with Loader(shards=1) as ld:
@@ -97,3 +96,18 @@ async def test_a_cancelled_request_stops_asking_the_host():
         assert inst.alive and not inst.inflight and not inst.tasks
         assert await (await stub.fetch(get("http://h/ok"))).read() == b"ok"
         assert ld.stats()["shards"][0]["kills"] == 0
+
+
+async def test_a_promise_nothing_can_settle_is_answered_at_once():
+    """No host operation is outstanding, yet the handler has not answered: its promise can never
+    settle, so the request fails at once (as workerd says), instead of hanging until a timeout."""
+    src = """export default { async fetch(req) {
+      if (req.url.endsWith('/never')) await new Promise(() => {});
+      return new Response('ok') } }"""
+    async with Loader(shards=1) as ld:
+        stub = ld.get("stuck", CountingFactory(code(src)))
+        for _ in range(3):
+            with pytest.raises(WorkerScriptError, match="The script will never generate a response"):
+                await asyncio.wait_for(stub.fetch(get("http://h/never")), 5)
+        assert await (await stub.fetch(get("http://h/ok"))).read() == b"ok"   # the isolate is fine
+

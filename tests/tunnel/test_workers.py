@@ -252,11 +252,16 @@ async def test_a_worker_that_never_answers_is_cut_off(make_edge, origin, client,
     path = tmp_path / "edge.yaml"
     path.write_text(yaml.safe_dump({"tunnels": {"idle": {"hostnames": ["idle.localhost"], "worker": {
         "main_module": "index.js",
-        "modules": {"index.js": "export default { fetch() { return new Promise(() => {}); } };"}}}}}))
+        "modules": {"index.js": "export default { async fetch(req) {\n"
+                                "  if (req.url.endsWith('/stuck')) return new Promise(() => {});\n"
+                                "  await new Promise((r) => setTimeout(r, 1e9)); } };"}}}}}))
     edge = await make_edge(config_file=str(path), origin_timeout=0.5)
     edge.edge.pipeline.response_timeout = 1.0
-    status, headers, _ = await get(client, edge, "/", host="idle.localhost")
+    status, headers, _ = await get(client, edge, "/", host="idle.localhost")  # waits on a timer: cut off
     assert status == 503 and headers["Tunnel-Error"] == "worker-limit"
+    status, headers, body = await get(client, edge, "/stuck", host="idle.localhost")  # nothing can settle it
+    assert status == 500 and headers["Tunnel-Error"] == "worker-error"
+    assert b"The script will never generate a response" in body
 
 
 async def test_counts_carry_on_across_config_versions(worker_edge, client, origin):

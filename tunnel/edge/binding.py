@@ -6,6 +6,9 @@ that very object it lets the public ``Exchange`` stream the upload straight into
 stream. The response the binding returns carries a ``TunnelBody``; when the worker's final
 response still carries it, unread, the ``Exchange`` adopts the stream and writes the origin's
 bytes to the client as they arrive. Only bodies a worker reads are queued (bounded by the window).
+
+``TunnelBinding.fetch`` opens the stream at once and returns a Future of the ``Response`` (no
+task: the loader answers the worker when the head arrives).
 """
 
 from __future__ import annotations
@@ -15,27 +18,24 @@ import logging
 import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from tunnel import http1
 from tunnel.edge import pages
-from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, OriginTimeout, OriginUnreachable
+from tunnel.edge.forwarding import DROP_FROM_ORIGIN, DROP_FROM_WORKER, may_retry, reset_error
+from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, OriginUnreachable
 from tunnel.loader import Request, Response
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tunnel.edge.connectors import EdgeSession
     from tunnel.edge.exchange import Exchange
     from tunnel.edge.workers import WorkerPipeline
 
 log = logging.getLogger(__name__)
 
-_DROP = frozenset({"host", "content-length"})
-_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
-_RETRY_CODES = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.REFUSED_STREAM})
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
 _TARGET = re.compile(r"^/[\x21-\x7e]*$")  # origin-form, visible ASCII only
-_ORIGIN_DROP = frozenset({"tunnel-error", "x-request-id"})  # an origin cannot forge these
 #: Statuses whose Response must have a null body (Fetch standard); 101 is the upgrade.
 NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
 
@@ -79,27 +79,68 @@ class TunnelBody:
 
 
 class TunnelCall:
-    """One ``env.TUNNEL.fetch``: a tunnel stream opened on behalf of a worker."""
+    """One ``env.TUNNEL.fetch``: a tunnel stream opened on behalf of a worker.
 
-    def __init__(self, session, stream_id: int, exchange: "Exchange | None"):
-        self.session = session
-        self.stream_id = stream_id
+    ``response`` resolves with the origin's ``Response`` (or an edge error page) once the head
+    arrives; a bodiless idempotent request whose connection died first is re-sent once on
+    another connection (``forwarding.may_retry``)."""
+
+    def __init__(self, binding: "TunnelBinding", head: RequestHead, exchange: "Exchange | None", body: Any,
+                 has_body: bool, request_id: str, accept: str | None):
+        self.binding = binding
+        self.head_out = head
         self.exchange = exchange  # the public exchange whose upload is attached, if any
-        self.head: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.body = body  # a body of the worker's own (bytes or a stream) to send, else None
+        self.has_body = has_body
+        self.request_id, self.accept = request_id, accept
+        self.response: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.session: EdgeSession | None = None
+        self.stream_id = 0
         self.chunks: deque[bytes] = deque()
         self.ended = False
         self.error: str | None = None
-        self.error_code = 0
         self.adopted = False
+        self.retried = False
+        self.sender: asyncio.Task | None = None
         self._wake: asyncio.Event = asyncio.Event()
         self._upload_wake = asyncio.Event()
+        self.response.add_done_callback(self._abandoned)
+
+    def open(self, session: "EdgeSession") -> bool:
+        """Open the stream on ``session``; False (and ``response`` answered) when it cannot be."""
+        try:
+            stream_id = session.conn.open_stream(self.head_out, end_stream=not self.has_body and not self.head_out.upgrade)
+        except HeadersTooLarge as exc:
+            self._answer(error_response(OriginUnreachable(str(exc)), self.request_id, self.accept))
+            return False
+        self.session, self.stream_id = session, stream_id
+        session.handlers[stream_id] = self
+        session.flush_soon()
+        if self.exchange is not None:
+            self.exchange.attach_upload(session, stream_id)
+        elif self.has_body:
+            self.sender = asyncio.ensure_future(self.send_body(self.body))
+        return True
+
+    def _answer(self, response: Response) -> None:
+        if not self.response.done():
+            self.response.set_result(response)
+
+    def _abandoned(self, fut: asyncio.Future) -> None:
+        if fut.cancelled():  # the worker's request was given up on: the stream goes too
+            if self.session is not None:
+                self.session.reset(self.stream_id, ErrorCode.CANCEL, "cancelled")
+            if self.sender is not None:
+                self.sender.cancel()
 
     # stream handler interface ------------------------------------------------------------
     def on_head(self, head: ResponseHead, end_stream: bool) -> None:
         if end_stream:
             self.ended = True
-        if not self.head.done():
-            self.head.set_result(head)
+        headers = http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101, also=DROP_FROM_ORIGIN)
+        body = None if head.status in NULL_BODY_STATUSES else TunnelBody(self)
+        self.head = head
+        self._answer(Response(head.status, headers, body=body))
 
     def on_data(self, data: bytes, end_stream: bool) -> None:
         if data:
@@ -109,12 +150,20 @@ class TunnelCall:
         self._wake.set()
 
     def on_reset(self, code: int, message: str) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.stream_id == self.stream_id:
+            exchange.upload_reset()
+        if not self.response.done():
+            if not self.retried and may_retry(self.head_out.method, self.has_body or self.head_out.upgrade, code):
+                # Its connector connection died before any answer: send it on another one.
+                self.retried = True
+                session = self.binding.pipeline.registry.pick(self.binding.tunnel)
+                if session is not None:
+                    log.info("request %s: %s; retrying on another connection", self.request_id, message)
+                    self.open(session)
+                    return
+            self._answer(error_response(reset_error(code, message), self.request_id, self.accept))
         self.error = message or "stream reset"
-        self.error_code = code
-        if not self.head.done():
-            self.head.set_exception(_error_for(code, message))
-        if self.exchange is not None and self.exchange.stream_id == self.stream_id:
-            self.exchange.upload_reset()
         self._wake.set()
         self._upload_wake.set()
 
@@ -168,50 +217,52 @@ class TunnelCall:
             await self._wake.wait()
 
     def cancel(self) -> None:
-        if not self.ended and self.error is None and not self.adopted:
+        if not self.ended and self.error is None and not self.adopted and self.session is not None:
             self.session.reset(self.stream_id, ErrorCode.CANCEL, "worker dropped the response")
-
-
-def _error_for(code: int, message: str) -> EdgeHTTPError:
-    if code == ErrorCode.ORIGIN_TIMEOUT:
-        return OriginTimeout(message or OriginTimeout.title)
-    return OriginUnreachable(message or OriginUnreachable.title)
 
 
 class TunnelBinding:
     """``env.TUNNEL`` of one tunnel's worker: ``await env.TUNNEL.fetch(request, opts)``."""
 
     def __init__(self, pipeline: "WorkerPipeline", tunnel: str):
-        self._pipeline = pipeline
-        self._tunnel = tunnel
+        self.pipeline = pipeline
+        self.tunnel = tunnel
 
-    async def fetch(self, request: Request, opts: dict | None = None) -> Response:
-        """Send ``request`` to one of the tunnel's connectors; return the origin's response.
+    def fetch(self, request: Request, opts: dict | None = None) -> "asyncio.Future[Response]":
+        """Send ``request`` to one of the tunnel's connectors; return a Future of the origin's response.
 
-        ``opts.service`` names an ingress service chosen by the policy (A/B split). Failures
-        become edge error responses (530, 502, 504) carrying ``Tunnel-Error``.
+        ``opts.service`` names an ingress service chosen by the policy (A/B split); without it, a
+        service the tunnel's policy chose for this request is used. Failures become edge error
+        responses (530, 503, 502, 504) carrying ``Tunnel-Error``.
         """
-        pipeline = self._pipeline
+        pipeline = self.pipeline
         cf = request.cf or {}
         exchange = pipeline.exchanges.get(cf.get("edgeExchange"))
-        if exchange is not None and exchange.tunnel != self._tunnel:
+        if exchange is not None and exchange.tunnel != self.tunnel:
             exchange = None  # another tunnel's request: never touch it
         request_id = str(cf.get("requestId") or "")
-        accept = request.headers.get("accept")
+        pairs = request.header_pairs()
+        accept = http1.get_header(pairs, "accept")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
         try:
-            session = pipeline.registry.pick_for(self._tunnel)
+            session = pipeline.registry.pick_for(self.tunnel)
         except EdgeHTTPError as error:
-            return error_response(error, request_id, accept)
-        url = urlsplit(request.url)
-        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            fut.set_result(error_response(error, request_id, accept))
+            return fut
+        url = request.url
+        start = url.find("/", url.find("//") + 2)
+        target = url[start:] if start >= 0 else "/"
+        if "#" in target:
+            target = target[:target.index("#")]
         if not _METHOD.match(request.method) or not _TARGET.match(target):
             # Refuse it here, for this request only: the connector would take a malformed head
             # as a protocol violation and drop the whole connection.
-            return error_response(BadRequest(f"the worker sent an invalid method or URL ({request.method!r})"),
-                                  request_id, accept)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
-        headers.insert(0, ("Host", request.headers.get("host") or url.netloc))
-        upgrade = exchange is not None and exchange.upgrade and request.headers.get("upgrade") is not None
+            fut.set_result(error_response(BadRequest(f"the worker sent an invalid method or URL ({request.method!r})"),
+                                          request_id, accept))
+            return fut
+        host = http1.get_header(pairs, "host") or url[url.find("//") + 2:start if start >= 0 else None]
+        headers = [("Host", host)] + [(k, v) for k, v in pairs if k.lower() not in DROP_FROM_WORKER]
+        upgrade = exchange is not None and exchange.upgrade and http1.get_header(pairs, "upgrade") is not None
         headers = http1.strip_hop_by_hop(headers, keep_upgrade=upgrade)
         body = request.body
         attach = (exchange is not None and isinstance(body, ClientBody) and not body.consumed
@@ -226,44 +277,16 @@ class TunnelBinding:
                 headers.append(("Content-Length", str(len(body))))
         else:
             has_body = True
-        service = (opts or {}).get("service") if isinstance(opts, dict) else None
-        if service is not None and service not in pipeline.services(self._tunnel):
-            return error_response(OriginUnreachable(f"service {service!r} is not one of this tunnel's services"),
-                                  request_id, accept)
-        head_out = RequestHead(request.method, target, headers, upgrade, service if isinstance(service, str) else None)
-        retryable = not has_body and not upgrade and request.method in _RETRYABLE
-        for attempt in (1, 2):
-            try:
-                stream_id = session.conn.open_stream(head_out, end_stream=not has_body and not upgrade)
-            except HeadersTooLarge as exc:
-                return error_response(OriginUnreachable(str(exc)), request_id, accept)
-            call = TunnelCall(session, stream_id, exchange if attach else None)
-            session.handlers[stream_id] = call
-            session.flush_soon()
-            sender = None
-            if attach:
-                exchange.attach_upload(session, stream_id)
-            elif has_body:
-                sender = asyncio.ensure_future(call.send_body(body))
-            try:
-                head = await call.head
-                break
-            except EdgeHTTPError as error:
-                if attempt == 1 and retryable and call.error_code in _RETRY_CODES:
-                    # Its connector connection died before any answer: send it on another one.
-                    session = pipeline.registry.pick(self._tunnel)
-                    if session is not None:
-                        log.info("request %s: %s; retrying on another connection", request_id, error)
-                        continue
-                return error_response(error, request_id, accept)
-            except asyncio.CancelledError:
-                session.reset(stream_id, ErrorCode.CANCEL, "cancelled")
-                if sender is not None:
-                    sender.cancel()
-                raise
-        response_headers = http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101,
-                                                  also=_ORIGIN_DROP)
+        service = opts.get("service") if isinstance(opts, dict) else None
+        if service is None and exchange is not None:
+            service = exchange.service
+        if service is not None and (not isinstance(service, str) or service not in pipeline.services(self.tunnel)):
+            fut.set_result(error_response(OriginUnreachable(f"service {service!r} is not one of this tunnel's services"),
+                                          request_id, accept))
+            return fut
+        call = TunnelCall(self, RequestHead(request.method, target, headers, upgrade, service),
+                          exchange if attach else None, None if attach else body, has_body, request_id, accept)
         if exchange is not None:
-            exchange.pending_call = call
-        body_out = None if head.status in NULL_BODY_STATUSES else TunnelBody(call)
-        return Response(head.status, response_headers, body=body_out)
+            exchange.last_call = call
+        call.open(session)
+        return call.response

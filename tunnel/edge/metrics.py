@@ -34,6 +34,10 @@ class TunnelStats:
         self.bytes_out = 0
         self.in_flight = 0
 
+    def count_worker_error(self, kind: str) -> None:
+        """One worker failure of ``kind`` (a WorkerError class name, Timeout, Quarantined, …)."""
+        self.worker_errors[kind] = self.worker_errors.get(kind, 0) + 1
+
     def finished(self, status: int, reason: str | None, duration: float, bytes_in: int, bytes_out: int) -> None:
         """Record one finished exchange; ``reason`` is the Tunnel-Error of an edge-made answer."""
         if reason is None:

@@ -190,6 +190,9 @@ class PublicProtocol(asyncio.Protocol):
     def call_soon(self, callback) -> None:
         self._loop.call_soon(callback)
 
+    def call_later(self, delay: float, callback) -> asyncio.TimerHandle:
+        return self._loop.call_later(delay, callback)
+
     @property
     def busy(self) -> bool:
         """Whether a request on this connection is in flight (or it is an upgraded relay)."""

@@ -26,11 +26,11 @@ from generators.exposition import exchange as exchange_record
 from generators.exposition import merge_expositions, observed_headers
 from tunnel import http1
 from tunnel.edge.binding import NULL_BODY_STATUSES, ClientBody, TunnelBinding, TunnelBody, TunnelCall
+from tunnel.edge.exchange import Phase
 from tunnel.config.model import Config
 from tunnel.config.patterns import url_authority
 from tunnel.errors import (WorkerFailed, WorkerLimited)
-from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, Response, WorkerError
-from tunnel.protocol.frames import ErrorCode
+from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, Response, close_later
 from tunnel.protocol.messages import MAX_RESPONSE_HEAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,6 +118,26 @@ class WorkerPipeline:
         """The stub of ``tunnel-<id>``, or None when the tunnel is a pure pass-through."""
         key = self._tunnel_keys.get(tunnel)
         return self._stub(key) if key is not None else None
+
+    def runs_worker(self, tunnel: str) -> bool:
+        """Whether requests of ``tunnel`` go through its ``tunnel-<id>`` worker."""
+        return tunnel in self._tunnel_keys
+
+    def start(self, exchange: "Exchange", host: str, headers: list[tuple[str, str]]) -> None:
+        """Hand a public request (``headers``: as it would be forwarded) to its tunnel's worker;
+        the answer goes to the client (``WorkerCall``)."""
+        tunnel = exchange.tunnel
+        left = self.quarantined(tunnel)
+        if left:
+            exchange.stats.count_worker_error("Quarantined")
+            exchange.fail(WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {left:.0f} s"))
+            return
+        scheme = exchange.proto.scheme
+        request = Request._checked(
+            exchange.method, f"{scheme}://{url_authority(host)}{exchange.target}", headers,
+            ClientBody(exchange) if exchange.has_body else None,
+            {"clientIp": exchange.client_ip, "requestId": exchange.request_id, "tunnel": tunnel, "scheme": scheme})
+        WorkerCall(self, exchange, self.tunnel_worker(tunnel), request)
 
     def metrics_worker(self, tunnel: str):
         """The stub of ``metrics-<id>``, or None when the tunnel has no custom metrics."""
@@ -218,80 +238,104 @@ class WorkerPipeline:
         return merge_expositions(texts) if texts else ""
 
 
-# ---------------------------------------------------------------------- the public side
-_RESPONSE_DROP = frozenset({"x-request-id", "content-length"})
+# ---------------------------------------------------------------------- one request through a worker
+class WorkerCall:
+    """A public request while its tunnel's worker decides: the loader ticket, the wall-clock bound
+    on the answer, and what the exchange is told at the end. It talks to the exchange only
+    through the exchange's methods."""
 
+    __slots__ = ("pipeline", "exchange", "ident", "ticket", "timer")
 
-def run_worker(exchange: "Exchange", stub, host: str, headers: list[tuple[str, str]]) -> None:
-    """Hand a public request to its tunnel's worker (as a task); the answer goes to the client."""
-    exchange.client_body = ClientBody(exchange) if exchange.has_body else None
-    pipeline = exchange.proto.settings.pipeline
-    exchange.worker_task = asyncio.get_running_loop().create_task(_serve(exchange, pipeline, stub, host, headers))
+    def __init__(self, pipeline: WorkerPipeline, exchange: "Exchange", stub: Any, request: Request):
+        self.pipeline, self.exchange = pipeline, exchange
+        self.ident = pipeline.register(exchange)
+        request.cf["edgeExchange"] = self.ident
+        exchange.worker = self
+        self.timer = exchange.proto.call_later(pipeline.response_timeout, self.timed_out)
+        self.ticket = None
+        self.ticket = stub.submit(request, self.answered)
 
+    def _close(self) -> bool:
+        """Stop waiting; False when this call is already over (answered, timed out, cancelled)."""
+        if self.exchange.worker is not self:
+            return False
+        self.exchange.worker = None
+        self.timer.cancel()
+        self.pipeline.unregister(self.ident)
+        return True
 
-async def _serve(exchange: "Exchange", pipeline: WorkerPipeline, stub, host: str,
-                 headers: list[tuple[str, str]]) -> None:
-    proto = exchange.proto
-    left = pipeline.quarantined(exchange.tunnel)
-    if left:
-        exchange.worker_task = None
-        exchange.stats.worker_errors["Quarantined"] = exchange.stats.worker_errors.get("Quarantined", 0) + 1
-        exchange.fail(WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {left:.0f} s"))
-        return
-    ident = pipeline.register(exchange)
-    request = Request(exchange.method, f"{proto.scheme}://{url_authority(host)}{exchange.target}", headers=headers,
-                      body=exchange.client_body if exchange.client_body is not None else b"",
-                      cf={"clientIp": exchange.client_ip, "requestId": exchange.request_id, "edgeExchange": ident,
-                          "tunnel": exchange.tunnel, "scheme": proto.scheme})
-    try:
-        response = await asyncio.wait_for(stub.fetch(request), pipeline.response_timeout)
-    except asyncio.TimeoutError:
-        exchange.worker_task = None
-        exchange.stats.worker_errors["Timeout"] = exchange.stats.worker_errors.get("Timeout", 0) + 1
+    def cancel(self) -> None:
+        """The exchange gave up (client gone, or it answered itself): abandon the worker's request."""
+        if self.exchange.worker is self:
+            self.exchange.worker = None
+            self.timer.cancel()
+            self.pipeline.unregister(self.ident)
+        if self.ticket is not None:
+            self.ticket.cancel()
+
+    def timed_out(self) -> None:
+        exchange, pipeline = self.exchange, self.pipeline
+        if not self._close():
+            return
+        self.ticket.cancel()
+        exchange.stats.count_worker_error("Timeout")
         log.warning("tunnel %s request %s: worker gave no response within %.0f s", exchange.tunnel,
                     exchange.request_id, pipeline.response_timeout)
         exchange.fail(WorkerLimited(f"the tunnel's worker gave no response within {pipeline.response_timeout:.0f} s"))
-        return
-    except WorkerError as exc:
-        exchange.worker_task = None
-        kind = type(exc).__name__
-        exchange.stats.worker_errors[kind] = exchange.stats.worker_errors.get(kind, 0) + 1
-        log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, exc)
-        if isinstance(exc, (CpuLimitExceeded, MemoryLimitExceeded)):
-            pipeline.limit_hit(exchange.tunnel)
-        error_class = WorkerLimited if exc.status == 503 else WorkerFailed
-        exchange.fail(error_class(f"{kind}: {getattr(exc, 'js_message', '') or exc}"))
-        return
-    finally:
-        pipeline.unregister(ident)
-    exchange.worker_task = None
-    respond(exchange, response)
+
+    def answered(self, response: Response | None, error: BaseException | None) -> None:
+        """The loader's answer (``WorkerStub.submit``'s ``done``)."""
+        if not self._close():
+            if response is not None:
+                close_later(response.body)
+            return
+        exchange = self.exchange
+        if error is None:
+            respond(exchange, response)
+            return
+        kind = type(error).__name__
+        exchange.stats.count_worker_error(kind)
+        log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, error)
+        if isinstance(error, (CpuLimitExceeded, MemoryLimitExceeded)):
+            self.pipeline.limit_hit(exchange.tunnel)
+        error_class = WorkerLimited if getattr(error, "status", 500) == 503 else WorkerFailed
+        exchange.fail(error_class(f"{kind}: {getattr(error, 'js_message', '') or error}"))
+
+
+_RESPONSE_DROP = frozenset({"x-request-id", "content-length"})
 
 
 def respond(exchange: "Exchange", response: Response) -> None:
     """Write a worker's final response to the client, adopting the tunnel stream when the body is
     still the origin's unread one."""
-    call = exchange.pending_call
-    if exchange.response_done or exchange.proto.closed:
+    call = exchange.last_call
+    if exchange.phase is Phase.DONE or exchange.proto.closed:
         if call is not None:
             call.cancel()
+        close_later(response.body)
         return
     status = response.status
     body = response.body
+    pairs = response.header_pairs()
     upgrade = status == 101 and exchange.upgrade and call is not None
-    headers = http1.strip_hop_by_hop(list(response.headers.items()), keep_upgrade=upgrade, also=_RESPONSE_DROP)
+    headers = http1.strip_hop_by_hop(pairs, keep_upgrade=upgrade, also=_RESPONSE_DROP)
     size = sum(len(name) + len(value) + 4 for name, value in headers)
     if size > MAX_RESPONSE_HEAD:  # bounded as the edge bounds request heads and the connector's answers
         if call is not None:
             call.cancel()
-        exchange.stats.worker_errors["HeadTooLarge"] = exchange.stats.worker_errors.get("HeadTooLarge", 0) + 1
+        exchange.stats.count_worker_error("HeadTooLarge")
         exchange.fail(WorkerFailed(f"the worker's response head has {size} bytes, more than {MAX_RESPONSE_HEAD}"))
         return
     # Count apart what the origin answered and what the edge made: a Tunnel-Error names the
     # reason; an answer the worker made without forwarding is counted as "worker".
-    exchange.edge_reason = response.headers.get("tunnel-error") or (None if call is not None else "worker")
+    exchange.edge_reason = http1.get_header(pairs, "tunnel-error") or (None if call is not None else "worker")
     if call is not None and not call.adopted and _adoptable(call, status, body):
-        _adopt(exchange, call, status, headers, response.headers.get("content-length"))
+        call.adopted = True
+        content_length = http1.get_header(pairs, "content-length")
+        has_length = content_length is not None and http1.get_header(call.head.headers, "content-length") == content_length
+        if has_length:
+            headers.append(("Content-Length", content_length))
+        exchange.adopt(call, status, headers, has_length)
         return
     if call is not None:
         call.cancel()
@@ -300,14 +344,21 @@ def respond(exchange: "Exchange", response: Response) -> None:
         if http1.response_has_body(exchange.method, status) or exchange.method == "HEAD":
             headers.append(("Content-Length", str(len(data))))
         exchange.write_head(status, "", headers, True)
-        if data and exchange.method != "HEAD" and http1.response_has_body(exchange.method, status):
-            exchange.bytes_out += len(data)
-            exchange.flush_head()
-            exchange.proto.write(data)
+        if exchange.method != "HEAD" and http1.response_has_body(exchange.method, status):
+            exchange.write_body(data)
         exchange.finish_body()
         return
     exchange.write_head(status, "", headers, False)
-    exchange.worker_task = asyncio.get_running_loop().create_task(_write_stream(exchange, body))
+    if not http1.response_has_body(exchange.method, status):
+        close_later(body)
+        exchange.finish_body()
+        return
+    task = asyncio.get_running_loop().create_task(_write_stream(exchange, body))
+    _streams.add(task)
+    task.add_done_callback(_streams.discard)
+
+
+_streams: set[asyncio.Task] = set()  # response bodies being written from a worker's stream
 
 
 def _adoptable(call: TunnelCall, status: int, body: Any) -> bool:
@@ -315,60 +366,25 @@ def _adoptable(call: TunnelCall, status: int, body: Any) -> bool:
     bodiless answer), so the stream can be written straight to the client."""
     if isinstance(body, TunnelBody):
         return body.call is call and not body.consumed
-    if body is None and call.head.done() and not call.head.exception():
-        origin_status = call.head.result().status
-        return origin_status in NULL_BODY_STATUSES and origin_status == status
+    head = call.head
+    if body is None and head is not None:
+        return head.status in NULL_BODY_STATUSES and head.status == status
     return False
-
-
-def _adopt(exchange: "Exchange", call: TunnelCall, status: int, headers: list[tuple[str, str]],
-           content_length: str | None) -> None:
-    call.adopted = True
-    session = call.session
-    exchange.session = session
-    exchange.stream_id = call.stream_id
-    if not exchange.started:
-        exchange.started = True
-        exchange.request_ended = True  # the worker's own body, if any, was sent by the call
-    session.handlers[call.stream_id] = exchange
-    has_length = False
-    if content_length is not None and call.head.done() and not call.head.exception():
-        original = http1.get_header(call.head.result().headers, "content-length")
-        if original == content_length:
-            headers.append(("Content-Length", content_length))
-            has_length = True
-    exchange.write_head(status, "", headers, has_length)
-    chunks, call.chunks = call.chunks, deque()
-    for chunk in chunks:
-        exchange.on_data(chunk, False)
-    if call.ended:
-        exchange.on_data(b"", True)
-    elif call.error is not None:
-        exchange.on_reset(ErrorCode.INTERNAL_ERROR, call.error)
 
 
 async def _write_stream(exchange: "Exchange", body: Any) -> None:
     proto = exchange.proto
     try:
         async for chunk in body:
-            if proto.closed:
+            if proto.closed or exchange.phase is Phase.DONE:
                 return
-            chunk = bytes(chunk)
-            if not chunk:
-                continue
-            exchange.bytes_out += len(chunk)
-            exchange.flush_head()
-            proto.write(http1.chunk(chunk) if exchange.chunked else chunk)
+            exchange.write_body(bytes(chunk))
             if proto.write_paused:
                 await proto.wait_writable()
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.warning("tunnel %s request %s: response body failed: %r", exchange.tunnel, exchange.request_id, exc)
-        exchange.response_done = True
-        exchange.record()
-        if not proto.closed:
-            proto.transport.abort()
+        exchange.fail(WorkerFailed("the worker's response body failed"))
         return
-    exchange.worker_task = None
     exchange.finish_body()

@@ -16,10 +16,11 @@ from .errors import (
     WorkerScriptError,
     WorkerUnavailable,
 )
+from .bridge import close_later
 from .http_types import BodyTooLarge, Request, Response, WorkerCode
-from .loader import Loader, PreparedWorker, WorkerStub
+from .loader import Loader, PreparedWorker, Ticket, WorkerStub
 
 __all__ = [
-    "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "PreparedWorker", "Request", "Response", "WorkerCode",
-    "WorkerError", "WorkerLoadError", "WorkerScriptError", "WorkerStub", "WorkerUnavailable",
+    "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "PreparedWorker", "Request", "Response", "Ticket",
+    "WorkerCode", "WorkerError", "WorkerLoadError", "WorkerScriptError", "WorkerStub", "WorkerUnavailable", "close_later",
 ]

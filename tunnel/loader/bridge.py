@@ -21,9 +21,8 @@ import logging
 import operator
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from multidict import CIMultiDict
 
 from .http_types import BodyTooLarge, Request, Response, WorkerCode, body_is_empty, read_body
 
@@ -56,11 +55,29 @@ class Limits:
         return {"cpu_ms": round(self.cpu_s * 1000.0, 3), "memory_mb": round(self.memory / 1048576, 3)}
 
 
-class Req:
-    __slots__ = ("rid", "future", "handles", "started")
+Done = Callable[["Response | None", "BaseException | None"], None]
 
-    def __init__(self, rid: int, future: asyncio.Future):
-        self.rid, self.future, self.handles, self.started = rid, future, [], time.monotonic()
+
+class Req:
+    """One request in flight on an isolate: who waits for its answer (``done``, called once with
+    the response or the error), and the handles and header lists it owns. ``request`` is what the
+    caller passed (its ``cf`` is what the runtime sends back as 0)."""
+
+    __slots__ = ("rid", "done", "handles", "started", "request", "answered", "response")
+
+    def __init__(self, rid: int, done: Done, request: Request | None = None):
+        self.rid, self.done, self.handles, self.request = rid, done, [], request
+        self.started = time.monotonic()
+        self.answered = False
+        self.response: Response | None = None
+
+    def settle(self, response: "Response | None", error: "BaseException | None" = None) -> None:
+        """Give the caller the answer (only the first one counts)."""
+        if self.answered:
+            return
+        self.answered = True
+        self.response = response
+        self.done(response, error)
 
 
 class Instance:
@@ -81,15 +98,13 @@ class Instance:
         self.retired = False
         self.inflight: dict[int, Req] = {}
         self.handles: dict[int, Any] = {}
+        self.bases: dict[int, list[tuple[str, str]]] = {}  # header lists the runtime may refer to
         self.closable: set[int] = set()
-        self.tasks: dict[asyncio.Task, dict] = {}     # running ops → their event (``rid``, ``id``)
+        self.tasks: dict[asyncio.Future, dict] = {}   # running ops (futures, tasks) → their event (``rid``, ``id``)
         self.cancelled: dict[int, None] = {}          # rids the caller gave up on (the last few)
         self.loaded: asyncio.Future | None = None
         self.requests = 0
         self.on_idle: Callable[["Instance"], None] | None = None
-
-    def task_done(self, task: asyncio.Task) -> None:
-        self.tasks.pop(task, None)
 
 
 def shard_binding_names(code: WorkerCode) -> list[str]:
@@ -108,9 +123,25 @@ def add_handle(inst: Instance, body: Any, rid: int) -> int:
     return h
 
 
+def add_base(inst: Instance, headers: list[tuple[str, str]], rid: int) -> int:
+    """Register a header list the runtime gets, owned by request ``rid``; return its id. The
+    runtime may send it back as edits of that list (``{"b": id, "o": [...]}``, see
+    ``apply_header_ops``) while the request lasts."""
+    h = next(_handle_ids)
+    inst.bases[h] = headers
+    req = inst.inflight.get(rid)
+    if req is not None:
+        req.handles.append(h)
+    return h
+
+
 def release_handles(inst: Instance, req: Req) -> None:
-    """Drop the handles of a finished request; close dropped binding bodies (``aclose``)."""
+    """Drop the handles and header lists of a finished request; close dropped binding bodies
+    (``aclose``)."""
+    bases = inst.bases
     for h in req.handles:
+        if bases.pop(h, None) is not None:
+            continue
         body = inst.handles.pop(h, None)
         if h in inst.closable:
             inst.closable.discard(h)
@@ -146,66 +177,190 @@ def response_from_wire(inst: Instance, r: dict) -> Response:
     status = r["status"]
     if not isinstance(status, int) or not 0 <= status <= 999:
         raise TypeError(f"invalid status {status!r}")
-    return Response._checked(int(status), _checked_headers(r["headers"]), body_from_wire(inst, r["body"]),
+    return Response._checked(int(status), headers_from_wire(inst, r["headers"]), body_from_wire(inst, r["body"]),
                              _checked_text(r.get("statusText", ""), "statusText"))
 
 
-def request_from_wire(inst: Instance, r: dict) -> Request:
-    """A Python ``Request`` from its JS description. Raises ``TypeError`` on invalid fields."""
+def request_from_wire(inst: Instance, r: dict, req: Req | None = None) -> Request:
+    """A Python ``Request`` from its JS description (``req``: the request whose turn sent it, whose
+    ``cf`` a 0 refers to). Raises ``TypeError`` on invalid fields."""
+    cf = r.get("cf")
+    if cf == 0 and type(cf) is int:
+        cf = req.request.cf if req is not None and req.request is not None else None
     return Request._checked(_checked_text(r["method"], "method"), _checked_text(r["url"], "url"),
-                            _checked_headers(r["headers"]), body_from_wire(inst, r["body"]), r.get("cf"))
+                            headers_from_wire(inst, r["headers"]), body_from_wire(inst, r["body"]), cf)
 
 
-async def run_op(inst: Instance, ev: dict, max_body_bytes: int) -> tuple[dict, bytes]:
-    """Perform one op a worker asked for (binding call, global fetch, body read, digest, hmac, timer).
+def headers_from_wire(inst: Instance, h: Any) -> list[tuple[str, str]]:
+    """Headers the runtime sent: ``[[name, value], …]``, or edits of a host list ``{"b", "o"}``, as
+    pairs. Raises ``TypeError`` for invalid names or values, an unknown list or malformed edits."""
+    if type(h) is dict:
+        base = inst.bases.get(h.get("b"))
+        ops = h.get("o")
+        if base is None or type(ops) is not list:
+            raise TypeError("headers refer to a list that is no longer available")
+        if type(base) is not _Checked:  # what the caller gave is checked too, once, when it comes back
+            _checked_headers(base)
+            base = inst.bases[h["b"]] = _Checked(base)
+        if ops:
+            if not all(type(o) is list and len(o) == 3 and o[0] in _OPS for o in ops):
+                raise TypeError("malformed header edits")
+            _checked_headers([o[1:] for o in ops])
+            return apply_header_ops(base, ops)
+        return list(base)
+    return _checked_headers(h)
 
-    Returns:
-        The ``done`` message for the shard and its blob. Errors become a failed ``done`` (the JS
-        promise rejects with a matching error); cancellation propagates.
+
+_OPS = frozenset(("s", "a", "d"))
+
+
+class _Checked(list):
+    """A base header list already validated by ``headers_from_wire``."""
+
+    __slots__ = ()
+
+
+def apply_header_ops(base: list[tuple[str, str]], ops: list) -> list[tuple[str, str]]:
+    """``base`` (lower-case names, as the runtime holds them) with the runtime's edits applied,
+    exactly as its Headers applied them: ``a`` appends; ``s`` replaces the value of the first
+    header of that name, drops the others, or appends when there is none; ``d`` drops them all."""
+    out = list(base)
+    for kind, name, value in ops:
+        if kind == "a":
+            out.append((name, value))
+            continue
+        kept = []
+        done = kind == "d"
+        for pair in out:
+            if pair[0] != name:
+                kept.append(pair)
+            elif not done:
+                kept.append((pair[0], value))
+                done = True
+        if not done:
+            kept.append((name, value))
+        out = kept
+    return out
+
+
+def headers_text(headers: list[tuple[str, str]]) -> str:
+    """A (lower-case) header list in the runtime's lazy form ``name\0value\0…`` (names and values
+    hold no NUL: both sides refuse it)."""
+    return "\0".join([f"{name}\0{value}" for name, value in headers])
+
+
+Reply = tuple[dict, bytes]  # a ``done`` message ({"t", "id", "ok", "v"|"e", "p"?}) and its payload
+
+
+def start_op(inst: Instance, ev: dict, max_body_bytes: int) -> "Reply | asyncio.Future | Awaitable[Reply]":
+    """Begin one op a worker asked for (binding call, global fetch, body read, digest, hmac, timer).
+
+    Everything the op refers to (arguments, handles, header lists) is resolved now, while the
+    request that asked is known to be alive. Returns the reply when the op is done at once, a
+    Future (no task: a binding that returns one, a timer) or a coroutine to run as a task, either
+    resolving to the reply. Errors become a failed reply (the JS promise rejects with a matching
+    error).
     """
-    reply: dict = {"t": "done", "wid": inst.wid, "rid": ev["rid"], "id": ev["id"], "ok": True}
-    blob = b""
+    reply: dict = {"t": "done", "id": ev["id"], "ok": True}
     try:
         kind = ev["op"]
         if kind == "call":
-            reply["v"], blob = await _call(inst, ev)
-            if blob:
-                reply["p"] = "bin"
-        elif kind == "read":
+            result = _begin_call(inst, ev)
+            rid = ev["rid"]
+            if isinstance(result, asyncio.Future):
+                return _chain(result, reply, lambda value: _done_with(inst, reply, value, rid))
+            if inspect.isawaitable(result):
+                return _finish_call(inst, reply, result, rid)
+            return _done_with(inst, reply, result, rid)
+        if kind == "read":
             h = ev["h"]
             if h not in inst.handles:
                 raise TypeError("body is no longer available (its request has ended)")
-            data = await read_body(inst.handles[h], max_body_bytes)
-            inst.handles[h] = data
-            reply["p"] = "text" if ev["mode"] == "text" else "bin"
-            blob = data
-        elif kind == "hmac":
-            blob = hmac.new(base64.b64decode(ev["k"]), base64.b64decode(ev["d"]), ev["alg"]).digest()
+            return _read(inst, reply, h, ev["mode"], max_body_bytes)
+        if kind == "hmac":
             reply["v"], reply["p"] = {"bin": True}, "bin"
-        elif kind == "digest":
-            blob = hashlib.new(ev["alg"], base64.b64decode(ev["d"])).digest()
+            return reply, hmac.new(base64.b64decode(ev["k"]), base64.b64decode(ev["d"]), ev["alg"]).digest()
+        if kind == "digest":
             reply["v"], reply["p"] = {"bin": True}, "bin"
-        elif kind == "timer":
-            await asyncio.sleep(min(float(ev["ms"]) / 1000.0, _MAX_TIMER_S))
+            return reply, hashlib.new(ev["alg"], base64.b64decode(ev["d"])).digest()
+        if kind == "timer":
             reply["v"] = None
-        else:
-            raise TypeError(f"unknown op {kind!r}")
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            handle = loop.call_later(min(float(ev["ms"]) / 1000.0, _MAX_TIMER_S), _settle, fut, (reply, b""))
+            fut.add_done_callback(lambda f: f.cancelled() and handle.cancel())
+            return fut
+        raise TypeError(f"unknown op {kind!r}")
+    except Exception as exc:
+        return failed_reply(reply, exc), b""
+
+
+def failed_reply(reply: dict, exc: BaseException) -> dict:
+    """The ``done`` message that rejects the op's promise with an error matching ``exc``."""
+    if isinstance(exc, BodyTooLarge):
+        error = {"name": "RangeError", "message": f"{exc} (max_body_bytes)"}
+    else:
+        error = {"name": _js_error_name(exc), "message": str(exc) or type(exc).__name__}
+    return {"t": "done", "id": reply["id"], "ok": False, "e": error}
+
+
+def _settle(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _chain(source: asyncio.Future, reply: dict, finish: Callable[[Any], Reply]) -> asyncio.Future:
+    """A Future of the reply ``finish`` makes from ``source``'s result (or of a failed reply)."""
+    out = source.get_loop().create_future()
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+            return
+        exc = f.exception()
+        try:
+            out.set_result((failed_reply(reply, exc), b"") if exc is not None else finish(f.result()))
+        except Exception as error:  # a result that does not convert
+            out.set_result((failed_reply(reply, error), b""))
+
+    source.add_done_callback(done)
+    out.add_done_callback(lambda f: f.cancelled() and source.cancel())
+    return out
+
+
+async def _finish_call(inst: Instance, reply: dict, result: Awaitable, rid: int) -> Reply:
+    try:
+        value = await result
     except asyncio.CancelledError:
         raise
-    except BodyTooLarge as exc:
-        reply = {**reply, "ok": False, "e": {"name": "RangeError", "message": f"{exc} (max_body_bytes)"}}
-        reply.pop("v", None)
-        reply.pop("p", None)
-        blob = b""
     except Exception as exc:
-        reply = {**reply, "ok": False, "e": {"name": _js_error_name(exc), "message": str(exc) or type(exc).__name__}}
-        reply.pop("v", None)
-        reply.pop("p", None)
-        blob = b""
+        return failed_reply(reply, exc), b""
+    return _done_with(inst, reply, value, rid)
+
+
+async def _read(inst: Instance, reply: dict, h: int, mode: str, max_body_bytes: int) -> Reply:
+    try:
+        data = await read_body(inst.handles[h], max_body_bytes)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return failed_reply(reply, exc), b""
+    inst.handles[h] = data
+    reply["p"] = "text" if mode == "text" else "bin"
+    return reply, data
+
+
+def _done_with(inst: Instance, reply: dict, value: Any, rid: int) -> Reply:
+    reply["v"], blob = _result(inst, value, rid)
+    if blob:
+        reply["p"] = "bin"
     return reply, blob
 
 
-async def _call(inst: Instance, ev: dict) -> tuple[Any, bytes]:
+def _begin_call(inst: Instance, ev: dict) -> Any:
+    """Call the binding method an op names, with its arguments resolved now; return what it returned."""
     target, method = ev["b"], ev["m"]
     if target == "$outbound":
         obj = inst.code.global_outbound
@@ -220,16 +375,13 @@ async def _call(inst: Instance, ev: dict) -> tuple[Any, bytes]:
     fn = getattr(obj, method, None)
     if not callable(fn):
         raise TypeError(f"binding {target} has no method {method!r}")
-    args = [_arg(inst, a) for a in ev["a"]]
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return _result(inst, result, ev["rid"])
+    req = inst.inflight.get(ev["rid"])
+    return fn(*[_arg(inst, a, req) for a in ev["a"]])
 
 
-def _arg(inst: Instance, a: dict) -> Any:
+def _arg(inst: Instance, a: dict, req: Req | None) -> Any:
     if "$req" in a:
-        return request_from_wire(inst, a["$req"])
+        return request_from_wire(inst, a["$req"], req)
     if "$res" in a:
         return response_from_wire(inst, a["$res"])
     if "$bin" in a:
@@ -244,8 +396,9 @@ def _result(inst: Instance, result: Any, rid: int) -> tuple[Any, bytes]:
             h = add_handle(inst, result.body, rid)
             inst.closable.add(h)
             body = {"h": h}
-        return {"res": {"status": result.status, "statusText": result.status_text,
-                        "headers": list(result.headers.items()), "body": body}}, b""
+        headers = [(name.lower(), value) for name, value in result.header_pairs()]
+        return {"res": {"status": result.status, "statusText": result.status_text, "headers": headers_text(headers),
+                        "hb": add_base(inst, headers, rid), "body": body}}, b""
     if isinstance(result, (bytes, bytearray, memoryview)):
         return {"bin": True}, bytes(result)
     return {"v": result}, b""
@@ -257,10 +410,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every CTL but HTAB (RFC 91
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
-def _checked_headers(pairs: Any) -> CIMultiDict:
+def _checked_headers(pairs: Any) -> list[tuple[str, str]]:
     """Validate header pairs coming from JavaScript (defence in depth against header injection).
 
-    Returns them as a ``CIMultiDict``. One regex over the names joined by newlines (which no
+    Returns them as a list of ``(name, value)`` tuples. One regex over the names joined by newlines (which no
     token contains; their count must match) and one over the values joined, all in C; the
     per-pair loop only runs to name the offending header.
     """
@@ -268,11 +421,11 @@ def _checked_headers(pairs: Any) -> CIMultiDict:
         if type(pairs) is not list:
             raise TypeError
         if not pairs:
-            return CIMultiDict()
+            return []
         names = "\n".join(map(_first, pairs))
         if (_TOKEN_LINES.match(names) and names.count("\n") == len(pairs) - 1
                 and not _CONTROL.search("".join(map(_second, pairs)))):
-            return CIMultiDict(pairs)
+            return [(name, value) for name, value in pairs]
     except (TypeError, ValueError, LookupError):
         pass
     for pair in pairs if isinstance(pairs, list) else ():

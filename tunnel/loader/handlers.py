@@ -52,7 +52,7 @@ class Child:
             plan = self._plan(m["main"], modules)
             lim = m["limits"]
             iso = Isolate(plan, m["main"], m["env"], m["bindings"], m["outbound"],
-                          lim["cpu"], lim["mem"], lim["load"])
+                          lim["cpu"], lim["mem"], lim["load"], lim.get("log", 65536), bool(m.get("trusted")))
         except linker.LinkError as exc:
             name, message = exc.js_name, exc.js_message
             if name == "SyntaxError":

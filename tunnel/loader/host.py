@@ -19,9 +19,11 @@ import asyncio
 import itertools
 import json
 import logging
+from functools import partial
 from typing import Callable
 
-from .bridge import Instance, Limits, Req, add_handle, close_later, release_handles, response_from_wire, run_op
+from .bridge import (Done, Instance, Limits, Req, add_base, add_handle, close_later, release_handles, response_from_wire,
+                     start_op)
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
 
@@ -50,6 +52,7 @@ class IsolateHost:
         self.instances: dict[int, Instance] = {}
         self._ids = itertools.count(1)
         self.closed = False
+        self.log_rate = 65536  # console bytes per second an isolate may send (the loader sets it)
 
     # ------------------------------------------------------------------ transport (subclasses)
     @property
@@ -126,15 +129,17 @@ class IsolateHost:
         if t == "res":
             rid = ev["rid"]
             req = inst.inflight.get(rid)
-            if req is not None and not req.future.done():
+            if req is not None and not req.answered:
                 if ev["ok"]:
                     try:
-                        req.future.set_result(response_from_wire(inst, ev["res"]))
+                        response = response_from_wire(inst, ev["res"])
                     except TypeError as exc:
-                        req.future.set_exception(error_from_wire("script", "TypeError", str(exc), inst.key))
+                        req.settle(None, error_from_wire("script", "TypeError", str(exc), inst.key))
+                    else:
+                        req.settle(response)
                 else:
                     kind = "memory" if ev.get("kind") == "memory" else "script"
-                    req.future.set_exception(error_from_wire(kind, str(ev["name"]), str(ev["message"]),
+                    req.settle(None, error_from_wire(kind, str(ev["name"]), str(ev["message"]),
                                                              inst.key, str(ev.get("stack", ""))))
                     if kind == "memory":  # the isolate may be left inconsistent: discard it
                         self._discard(inst, rid, "memory", str(ev["name"]), str(ev["message"]), "")
@@ -152,11 +157,18 @@ class IsolateHost:
                 # cancel): not performed, and the runtime forgets it too
                 self._send_cancel(inst, turn_rid, [ev["id"]])
                 return
-            task = asyncio.get_running_loop().create_task(self._op(inst, ev))
-            inst.tasks[task] = ev
-            task.add_done_callback(inst.task_done)
+            started = start_op(inst, ev, self.limits.max_body_bytes)
+            if type(started) is tuple:
+                self._answer(inst, turn_rid, started)
+                return
+            if not isinstance(started, asyncio.Future):
+                started = asyncio.get_running_loop().create_task(started)
+            inst.tasks[started] = ev
+            started.add_done_callback(partial(self._op_done, inst, turn_rid))
         elif t == "log":
             worker_log.log(_LOG_LEVELS.get(ev.get("l"), logging.INFO), "[%s] %s", inst.key, ev.get("m", ""))
+        elif t == "logdrop":
+            self.on_log_dropped(inst, int(ev.get("n", 0)))
 
     def _discard(self, inst: Instance, rid: int, kind: str, name: str, message: str, stack: str) -> None:
         self.instances.pop(inst.wid, None)
@@ -164,16 +176,17 @@ class IsolateHost:
         if inst.loaded is not None and not inst.loaded.done():
             inst.loaded.set_exception(error_from_wire(kind if kind != "unavailable" else "unavailable", name, message, inst.key))
         for req in list(inst.inflight.values()):
-            if not req.future.done():
+            if not req.answered:
                 if req.rid == rid:
                     err = error_from_wire(kind, name, message, inst.key, stack)
                 else:
                     err = WorkerUnavailable(
                         f"worker {inst.key!r}: isolate discarded ({kind}: {message}) while this request ran on it",
                         js_name=name, js_message=message, key=inst.key)
-                req.future.set_exception(err)
+                req.settle(None, err)
         inst.inflight.clear()
         inst.handles.clear()
+        inst.bases.clear()
         inst.closable.clear()
         for task in inst.tasks:
             task.cancel()
@@ -185,19 +198,26 @@ class IsolateHost:
         if req is None:
             return
         release_handles(inst, req)
-        if not req.future.done():  # ended without a response (should not happen)
-            req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r}: request ended without a response",
-                                                       key=inst.key))
+        if not req.answered:  # ended without a response (should not happen)
+            req.settle(None, WorkerUnavailable(f"worker {inst.key!r}: request ended without a response", key=inst.key))
         if not inst.inflight and inst.retired:
             self.drop(inst)
 
     # ------------------------------------------------------------------ ops
-    async def _op(self, inst: Instance, ev: dict) -> None:
-        reply, blob = await run_op(inst, ev, self.limits.max_body_bytes)
+    def _op_done(self, inst: Instance, rid: int, fut: asyncio.Future) -> None:
+        inst.tasks.pop(fut, None)
+        if not fut.cancelled():
+            self._answer(inst, rid, fut.result())
+
+    def _answer(self, inst: Instance, rid: int, reply: tuple[dict, bytes]) -> None:
+        """Send an op's reply to the isolate (if it is still there)."""
         if inst.alive and self.running:
-            rid, p = reply.pop("rid"), reply.pop("p", None)
-            del reply["wid"]
-            self._send_done(inst, rid, _dumps(reply), blob, p)
+            message, blob = reply
+            p = message.pop("p", None)
+            self._send_done(inst, rid, _dumps(message), blob, p)
+
+    def on_log_dropped(self, inst: Instance, lines: int) -> None:
+        """The runtime dropped ``lines`` console lines over its rate (the loader counts them)."""
 
     # ------------------------------------------------------------------ public
     async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
@@ -230,8 +250,9 @@ class IsolateHost:
         self.instances[wid] = inst
         lim = inst.limits
         self._send({"t": "load", "wid": wid, "main": code.main_module, "mods": mods, "env": env_json,
-                    "bindings": bindings, "outbound": code.global_outbound is not None,
-                    "limits": {"cpu": lim.cpu_s, "mem": lim.memory, "load": lim.load_cpu_s}}, bytes(blob), wid, 0)
+                    "bindings": bindings, "outbound": code.global_outbound is not None, "trusted": code.trusted,
+                    "limits": {"cpu": lim.cpu_s, "mem": lim.memory, "load": lim.load_cpu_s,
+                               "log": self.log_rate}}, bytes(blob), wid, 0)
         try:
             await asyncio.wait_for(asyncio.shield(inst.loaded), timeout)
         except asyncio.TimeoutError:
@@ -244,40 +265,60 @@ class IsolateHost:
 
         Raises:
             WorkerScriptError, CpuLimitExceeded, MemoryLimitExceeded, WorkerUnavailable.
+        Cancelling the call abandons the request (see ``cancel``).
+        """
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(response: Response | None, error: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(error) if error is not None else fut.set_result(response)
+
+        req = self.submit(inst, request, done)
+        try:
+            return await fut
+        except asyncio.CancelledError:  # the caller gave up (e.g. asyncio.wait_for's timeout)
+            self.cancel(inst, req)
+            raise
+
+    def submit(self, inst: Instance, request: Request, done: Done) -> Req:
+        """Start ``request`` on ``inst``; ``done(response, error)`` is called exactly once with the
+        worker's ``Response`` or a ``WorkerError`` — maybe before this returns (a local isolate
+        that answers in its first turn). Returns the request's record, for ``cancel``.
+
+        Raises:
+            WorkerUnavailable: the isolate is gone or the host is down (``done`` is not called).
         """
         if not inst.alive:
             raise WorkerUnavailable(f"worker {inst.key!r}: isolate is gone", key=inst.key)
         rid = next(self._ids)
-        req = Req(rid, asyncio.get_running_loop().create_future())
+        req = Req(rid, done, request)
         inst.inflight[rid] = req
         inst.requests += 1
         body = None
         if not body_is_empty(request.body):
             body = {"h": add_handle(inst, request.body, rid)}
-        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url,
-                                                "headers": list(request.headers.items()),
-                                                "cf": request.cf, "body": body}}
+        headers = [(name.lower(), value) for name, value in request.header_pairs()]
+        wire = {"t": "req", "rid": rid, "req": {"method": request.method, "url": request.url, "headers": headers,
+                                                "hb": add_base(inst, headers, rid), "cf": request.cf, "body": body}}
         try:
             self._send_req(inst, rid, _dumps(wire))
         except WorkerError:
             inst.inflight.pop(rid, None)
             raise
-        try:
-            return await req.future
-        except asyncio.CancelledError:  # the caller gave up (e.g. asyncio.wait_for's timeout)
-            self._cancel(inst, req, request)
-            raise
+        return req
 
-    def _cancel(self, inst: Instance, req: Req, request: Request) -> None:
-        """Forget a request whose caller was cancelled: its in-flight entry, body handles and
-        running ops here, and (``cancel`` message) what the isolate holds for it."""
-        fut = req.future
-        if fut.done() and not fut.cancelled():
-            # the answer arrived as the caller gave up: the request runs to its end (waitUntil),
-            # but nobody will read that response's body
-            if fut.exception() is None and fut.result().body is not request.body:
-                close_later(fut.result().body)
+    def cancel(self, inst: Instance, req: Req) -> None:
+        """The caller gave up on ``req``: forget it (its in-flight entry, body handles and running
+        ops here, and — ``cancel`` message — what the isolate holds for it). ``done`` is not called.
+        If the answer had already come, the request runs to its end (``waitUntil``) and only the
+        response body nobody will read is closed."""
+        request = req.request
+        if req.answered:
+            response = req.response
+            if response is not None and response.body is not (request.body if request is not None else None):
+                close_later(response.body)
             return
+        req.answered = True  # whatever comes now is nobody's
         rid = req.rid
         if inst.inflight.get(rid) is not req:  # already ended or discarded
             return
@@ -305,11 +346,12 @@ class IsolateHost:
         if self.instances.pop(inst.wid, None) is None:
             return
         inst.alive = False
-        for req in inst.inflight.values():
-            if not req.future.done():
-                req.future.set_exception(WorkerUnavailable(f"worker {inst.key!r} was evicted", key=inst.key))
+        for req in list(inst.inflight.values()):
+            if not req.answered:
+                req.settle(None, WorkerUnavailable(f"worker {inst.key!r} was evicted", key=inst.key))
         inst.inflight.clear()
         inst.handles.clear()
+        inst.bases.clear()
         for task in inst.tasks:
             task.cancel()
         if self.running:

@@ -93,32 +93,60 @@ async def read_body(body: Body, max_bytes: int | None = None) -> bytes:
     return b"".join(chunks)
 
 
-class Request:
+class _Message:
+    """What Request and Response share: headers kept as pairs until someone asks for the mapping
+    (the loader hands pairs from and to JavaScript without building a CIMultiDict for them)."""
+
+    __slots__ = ("_headers", "_pairs")
+
+    @property
+    def headers(self) -> CIMultiDict:
+        """The headers, a case-insensitive ``CIMultiDict`` (made on first use)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDict(self._pairs)
+            self._pairs = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: HeadersInit) -> None:
+        self._headers, self._pairs = make_headers(value), None
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """The headers as ``(name, value)`` pairs, in order (names lower-case when they came from a
+        worker). The list may be the message's own: do not change it."""
+        if self._headers is not None:
+            return list(self._headers.items())
+        return self._pairs
+
+
+class Request(_Message):
     """An HTTP request handed to (or made by) a worker.
 
     Args:
         method: HTTP method; upper-cased.
         url: absolute URL.
-        headers: header mapping or pairs; stored as a case-insensitive ``CIMultiDict``.
+        headers: header mapping or pairs; ``headers`` is then a case-insensitive ``CIMultiDict``.
         body: ``bytes``, an async iterable of bytes (streaming), or ``None``.
         cf: optional JSON-like dict visible to the worker as ``request.cf`` (e.g. ``{"clientIp": ...}``).
     """
 
-    __slots__ = ("method", "url", "headers", "body", "cf")
+    __slots__ = ("method", "url", "body", "cf")
 
     def __init__(self, method: str, url: str, headers: HeadersInit = None, body: Body = None,
                  cf: dict[str, Any] | None = None):
         self.method = method.upper()
         self.url = url
-        self.headers = make_headers(headers)
+        self._headers, self._pairs = make_headers(headers), None
         self.body = body
         self.cf = cf
 
     @classmethod
-    def _checked(cls, method: str, url: str, headers: CIMultiDict, body: Body, cf: dict[str, Any] | None) -> "Request":
-        """A Request from parts the bridge has validated (``headers``: a new CIMultiDict it owns; no copy)."""
+    def _checked(cls, method: str, url: str, pairs: list[tuple[str, str]], body: Body,
+                 cf: dict[str, Any] | None) -> "Request":
+        """A Request from parts the bridge has validated (``pairs``: a list it owns; no copy)."""
         self = cls.__new__(cls)
-        self.method, self.url, self.headers, self.body, self.cf = method.upper(), url, headers, body, cf
+        self.method, self.url, self._headers, self._pairs, self.body, self.cf = method.upper(), url, None, pairs, body, cf
         return self
 
     async def read(self, max_bytes: int | None = None) -> bytes:
@@ -129,29 +157,29 @@ class Request:
         return f"<Request {self.method} {self.url}>"
 
 
-class Response:
+class Response(_Message):
     """An HTTP response returned by a worker (or by a binding to a worker).
 
     Args:
         status: HTTP status code.
-        headers: header mapping or pairs; stored as a case-insensitive ``CIMultiDict``.
+        headers: header mapping or pairs; ``headers`` is then a case-insensitive ``CIMultiDict``.
         body: ``bytes``, an async iterable of bytes (streaming), or ``None``.
         status_text: reason phrase (may be empty).
     """
 
-    __slots__ = ("status", "headers", "body", "status_text")
+    __slots__ = ("status", "body", "status_text")
 
     def __init__(self, status: int = 200, headers: HeadersInit = None, body: Body = None, status_text: str = ""):
         self.status = int(status)
-        self.headers = make_headers(headers)
+        self._headers, self._pairs = make_headers(headers), None
         self.body = body
         self.status_text = status_text
 
     @classmethod
-    def _checked(cls, status: int, headers: CIMultiDict, body: Body, status_text: str) -> "Response":
-        """A Response from parts the bridge has validated (``headers``: a new CIMultiDict it owns; no copy)."""
+    def _checked(cls, status: int, pairs: list[tuple[str, str]], body: Body, status_text: str) -> "Response":
+        """A Response from parts the bridge has validated (``pairs``: a list it owns; no copy)."""
         self = cls.__new__(cls)
-        self.status, self.headers, self.body, self.status_text = status, headers, body, status_text
+        self.status, self._headers, self._pairs, self.body, self.status_text = status, None, pairs, body, status_text
         return self
 
     async def read(self, max_bytes: int | None = None) -> bytes:

@@ -35,6 +35,8 @@ _QUERY = tree_sitter.Query(_LANGUAGE, """
 (meta_property) @meta
 (call_expression function: (import) @dyn)
 (call_expression function: (identifier) @req arguments: (arguments . (string) @reqarg .))
+((identifier) @url (#match? @url "^(URL|URLSearchParams)$"))
+((property_identifier) @urlprop (#match? @urlprop "^(URL|URLSearchParams)$"))
 """)
 _BLANK = re.compile(rb"[^\r\n]")
 
@@ -156,6 +158,7 @@ class _Module:
         self.src = src.encode("utf-8", "surrogatepass")
         self.deps: list[str] = []
         self.edits: list[tuple[int, int, bytes]] = []
+        self.uses_url = False
         tree = _PARSER.parse(self.src)
         if tree.root_node.has_error:
             raise _syntax_error(name, self.src, tree.root_node)
@@ -177,6 +180,9 @@ class _Module:
 
     def _scan_dynamic(self) -> None:
         captures = tree_sitter.QueryCursor(_QUERY).captures(self.root)
+        # the URL polyfill is needed when URL or URLSearchParams is named in code (an identifier, or
+        # a property such as globalThis.URL), never for the word in a comment or a string
+        self.uses_url = bool(captures.get("url") or captures.get("urlprop"))
         for node in captures.get("meta", []):
             self.edits.append((node.start_byte, node.end_byte, f"__qjs_meta({_js(self.name)})".encode()))
         for node in captures.get("dyn", []):
@@ -342,7 +348,7 @@ def plan(main: str, modules: dict[str, tuple[str, object]]) -> Plan:
         if kind in ("js", "cjs"):
             mod = _Module(name, "esm" if kind == "js" else "cjs", payload, modules)
             code = mod.rewrite()
-            uses_url = uses_url or "URL" in payload
+            uses_url = uses_url or mod.uses_url
             for dep in mod.deps:
                 visit(dep, chain + [name])
             steps.append(Step("esm" if kind == "js" else "cjs", name, code))

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable
 from .http_types import DEFAULT_MAX_BODY_BYTES, Request, Response, WorkerCode
-from .bridge import Instance, Limits
+from .bridge import Done, Instance, Limits, Req
 from .host import IsolateHost
 from .local import LocalHost
 from .shard import Shard
@@ -90,10 +90,78 @@ class WorkerStub:
             entry.last_used = time.monotonic()
             return await inst.shard.fetch(inst, request)
         except WorkerError as exc:
-            errors = loader._errors
-            name = type(exc).__name__
-            errors[name] = errors.get(name, 0) + 1
+            loader._count_error(exc)
             raise
+
+    def submit(self, request: Request, done: Done) -> "Ticket":
+        """``fetch`` without a coroutine: start the request and call ``done(response, error)``
+        exactly once, with the worker's ``Response`` or a ``WorkerError`` (as ``fetch`` raises
+        them) — at once when the isolate answers in its first turn. Cancel with the ``Ticket``.
+        For callers that drive many requests from callbacks (the edge): no task, no future.
+        """
+        loader = self._loader
+        ticket = Ticket(loader, done)
+        try:
+            entry = loader._entry(self.key, self._factory, count=False)
+        except WorkerError as exc:
+            ticket.finish(None, exc)
+            return ticket
+        inst = entry.instance
+        if inst is not None and inst.alive and entry.error is None:
+            entry.last_used = time.monotonic()
+            ticket.start(inst, request)
+        else:
+            ticket.task = asyncio.get_running_loop().create_task(ticket.after_load(entry, request))
+        return ticket
+
+
+class Ticket:
+    """A request started with ``WorkerStub.submit``; ``cancel()`` abandons it (``done`` is then
+    never called)."""
+
+    __slots__ = ("_loader", "_done", "inst", "req", "task", "cancelled")
+
+    def __init__(self, loader: "Loader", done: Done):
+        self._loader, self._done = loader, done
+        self.inst: Instance | None = None
+        self.req: Req | None = None
+        self.task: asyncio.Task | None = None
+        self.cancelled = False
+
+    def start(self, inst: Instance, request: Request) -> None:
+        self.inst = inst
+        try:
+            self.req = inst.shard.submit(inst, request, self.finish)
+        except WorkerError as exc:
+            self.finish(None, exc)
+
+    async def after_load(self, entry: _Entry, request: Request) -> None:
+        try:
+            inst = await self._loader._ready(entry)
+        except WorkerError as exc:
+            self.finish(None, exc)
+            return
+        self.task = None
+        if not self.cancelled:
+            entry.last_used = time.monotonic()
+            self.start(inst, request)
+
+    def finish(self, response: Response | None, error: BaseException | None) -> None:
+        if self.cancelled:
+            return
+        if error is not None:
+            self._loader._count_error(error)
+        self._done(response, error)
+
+    def cancel(self) -> None:
+        """Abandon the request (see ``IsolateHost.cancel``)."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.req is not None and self.inst is not None:
+            self.inst.shard.cancel(self.inst, self.req)
 
 
 class Loader:
@@ -434,6 +502,10 @@ class Loader:
         self._sweep(time.monotonic())
         if self._entries:
             self._arm_sweeper()
+
+    def _count_error(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self._errors[name] = self._errors.get(name, 0) + 1
 
     def _on_dead(self, inst: Instance) -> None:
         entry = self._entries.get(inst.key)

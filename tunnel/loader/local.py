@@ -29,6 +29,8 @@ class LocalHost(IsolateHost):
         super().__init__(index, limits, on_dead, on_memory)
         self._child: Child | None = None
         self.bytecode = False
+        self._delivering = False
+        self._later: list[tuple[int, int, str, str | None]] = []  # turns due once the batch is handled
 
     @property
     def running(self) -> bool:
@@ -46,6 +48,26 @@ class LocalHost(IsolateHost):
         for inst in list(self.instances.values()):
             self._discard(inst, -1, "unavailable", "Error", "the loader is closed", "")
         self._child = None
+
+    def _deliver(self, events: list, js: list) -> None:
+        # A turn runs synchronously here, so an op answered at once (a digest, a binding that
+        # returns a value) must not start the next turn in the middle of this batch: it waits in
+        # _later, and the batches it produces are handled in order after this one.
+        if self._delivering:
+            super()._deliver(events, js)
+            return
+        self._delivering = True
+        try:
+            super()._deliver(events, js)
+            while self._later and self._child is not None:
+                wid, rid, text, payload = self._later.pop(0)
+                out: list = []
+                more: list = []
+                self._child.run(wid, rid, text, payload, out, more)
+                super()._deliver(out, more)
+        finally:
+            self._delivering = False
+            self._later.clear()
 
     def _send(self, header: dict, blob: bytes = b"", wid: int = 0, rid: int = 0) -> None:
         if self._child is None:
@@ -67,6 +89,9 @@ class LocalHost(IsolateHost):
         if self._child is None:
             return
         payload = None if p is None else blob.decode("utf-8", "replace") if p == "text" else blob.decode("latin-1")
+        if self._delivering:
+            self._later.append((inst.wid, rid, text, payload))
+            return
         out: list = []
         js: list = []
         self._child.run(inst.wid, rid, text, payload, out, js)

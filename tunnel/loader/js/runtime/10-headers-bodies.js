@@ -3,87 +3,123 @@
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- Headers
   const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  const NAMES = new Map_();  // name as given -> its lower-case form, once validated (bounded)
   function normName(n) {
-    n = String(n);
-    if (!TOKEN.test(n)) throw new TypeError(`Invalid header name: '${n}'`);
-    return n.toLowerCase();
+    if (typeof n !== 'string') n = String(n);
+    const known = mapGet(NAMES, n);
+    if (known !== undefined) return known;
+    if (!reTest(TOKEN, n)) throw new TypeError_(`Invalid header name: '${n}'`);
+    const lower = strLower(n);
+    if (mapSize(NAMES) < 1024) mapSet(NAMES, n, lower);
+    return lower;
   }
   const VALUE_SLOW = /^[\t\n\r ]|[\t\n\r ]$|[\0\r\n]/;  // needs trimming or is invalid: the rare case
   function normValue(v) {
     v = String(v);
-    if (!VALUE_SLOW.test(v)) return v;
+    if (!reTest(VALUE_SLOW, v)) return v;
     v = v.replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, '');
-    if (/[\0\r\n]/.test(v)) throw new TypeError('Invalid header value.');
+    if (/[\0\r\n]/.test(v)) throw new TypeError_('Invalid header value.');
     return v;
   }
-  let headerPairs, headersFromPairs;
-  function defaultType(h, type) {  // set content-type unless present (both known valid: no re-checks)
-    const list = headerPairs(h);
-    for (let i = 0; i < list.length; i++) if (list[i][0] === 'content-type') return;
-    list.push(['content-type', type]);
+  // Header lists the host sent (a request's, a binding's response) carry the host's id of that
+  // list ("base"), and every change made to them is recorded: when such headers go back to the
+  // host they travel as {b: base, o: [[op, name, value], …]} (op: s set, a append, d delete), not as
+  // every pair again, and the host applies the same edits to the list it holds. The host frees a
+  // base when the request that owns it ends; past that (or after many edits) the full list goes.
+  const liveBases = new Map_();   // base id -> owning rid, while the host holds the list
+  const MAX_OPS = 64;
+  let headerPairs, headersWire, headersFromPairs, headersFromText, defaultType;
+  function applyOp(list, o) {
+    const n = o[1];
+    if (o[0] === 'a') { push(list, [n, o[2]]); return; }
+    let j = 0, done = o[0] === 'd';
+    for (let i = 0; i < list.length; i++) {
+      const p = list[i];
+      if (p[0] !== n) { list[j++] = p; continue; }
+      if (!done) { p[1] = o[2]; list[j++] = p; done = true; }  // set: the first one keeps its place
+    }
+    list.length = j;
+    if (!done) push(list, [n, o[2]]);
   }
-  // The methods below are plain loops over #list (no filter/map closures): they run on every
-  // request of a policy worker. #list is never shared between two Headers, so it is edited in place.
+  // The methods below are plain loops (no filter/map closures): they run on every request of a
+  // policy worker. A list is never shared between two Headers, so it is edited in place.
   class Headers {
-    #list = [];
+    #list = null;  // [[name, value]] (names lower-case), once materialised
+    #text = null;  // host text "name\0value\0…" not split yet
+    #base = 0;     // host id of the list these headers started from (0: none)
+    #ops = null;   // edits since #base, or null when the base no longer applies
     constructor(init) {
-      if (init == null) return;
+      if (init == null) { this.#list = []; return; }
       if (init instanceof Headers) {
+        this.#base = init.#base;
+        this.#ops = init.#ops === null ? null : arrSlice(init.#ops);
+        if (init.#list === null) { this.#text = init.#text; return; }
         const src = init.#list, n = src.length, list = new Array(n);
         for (let i = 0; i < n; i++) list[i] = [src[i][0], src[i][1]];
         this.#list = list;
         return;
       }
-      if (typeof init !== 'object') throw new TypeError('Failed to construct Headers: invalid init');
+      this.#list = [];
+      if (typeof init !== 'object') throw new TypeError_('Failed to construct Headers: invalid init');
       if (typeof init[Symbol.iterator] === 'function') {
         for (const pair of init) {
           const p = Array.from(pair);
-          if (p.length !== 2) throw new TypeError('Header pairs must contain exactly two items');
+          if (p.length !== 2) throw new TypeError_('Header pairs must contain exactly two items');
           this.append(p[0], p[1]);
         }
       } else {
         for (const k of Object.keys(init)) this.append(k, init[k]);
       }
     }
-    append(name, value) { this.#list.push([normName(name), normValue(value)]); }
-    delete(name) {
-      const n = normName(name), list = this.#list;
-      let j = 0;
-      for (let i = 0; i < list.length; i++) if (list[i][0] !== n) list[j++] = list[i];
-      list.length = j;
+    #mat() {
+      let list = this.#list;
+      if (list !== null) return list;
+      list = [];
+      const text = this.#text;
+      if (text) {
+        const parts = strSplit(text, '\0');
+        for (let i = 0; i + 1 < parts.length; i += 2) push(list, [parts[i], parts[i + 1]]);
+      }
+      const ops = this.#ops;
+      if (ops !== null) for (let i = 0; i < ops.length; i++) applyOp(list, ops[i]);
+      this.#text = null;
+      this.#list = list;
+      return list;
     }
+    #edit(o) {
+      if (this.#ops !== null && this.#ops.length >= MAX_OPS) {  // past this, the full list goes back
+        this.#mat();
+        this.#ops = null;
+        this.#base = 0;
+      }
+      if (this.#list !== null) applyOp(this.#list, o);
+      if (this.#ops !== null) push(this.#ops, o);
+    }
+    append(name, value) { this.#edit(['a', normName(name), normValue(value)]); }
+    delete(name) { this.#edit(['d', normName(name), '']); }
+    set(name, value) { this.#edit(['s', normName(name), normValue(value)]); }
     get(name) {
-      const n = normName(name), list = this.#list;
+      const n = normName(name), list = this.#mat();
       let v = null;
       for (let i = 0; i < list.length; i++) {
-        if (list[i][0] === n) v = v === null ? list[i][1] : [v, list[i][1]].join(', ');
+        if (list[i][0] === n) v = v === null ? list[i][1] : v + ', ' + list[i][1];
       }
       return v;
     }
     getAll(name) { return this.#all(normName(name)); }
     getSetCookie() { return this.#all('set-cookie'); }
     #all(n) {
-      const list = this.#list, out = [];
-      for (let i = 0; i < list.length; i++) if (list[i][0] === n) out.push(list[i][1]);
-      return out;
+      const list = this.#mat(), found = [];
+      for (let i = 0; i < list.length; i++) if (list[i][0] === n) push(found, list[i][1]);
+      return found;
     }
     has(name) {
-      const n = normName(name), list = this.#list;
+      const n = normName(name), list = this.#mat();
       for (let i = 0; i < list.length; i++) if (list[i][0] === n) return true;
       return false;
     }
-    set(name, value) {
-      const n = normName(name), v = normValue(value), list = this.#list;
-      let i = 0;
-      while (i < list.length && list[i][0] !== n) i++;
-      if (i === list.length) { list.push([n, v]); return; }
-      list[i][1] = v;
-      let j = i + 1;
-      for (let k = i + 1; k < list.length; k++) if (list[k][0] !== n) list[j++] = list[k];
-      list.length = j;
-    }
     *entries() {
-      const names = [...new Set(this.#list.map((p) => p[0]))].sort();
+      const names = [...new Set_(this.#mat().map((p) => p[0]))].sort();
       for (const n of names) {
         if (n === 'set-cookie') { for (const v of this.getSetCookie()) yield [n, v]; }
         else yield [n, this.get(n)];
@@ -94,17 +130,27 @@
     forEach(cb, thisArg) { for (const [k, v] of this.entries()) cb.call(thisArg, v, k, this); }
     [Symbol.iterator]() { return this.entries(); }
     get [Symbol.toStringTag]() { return 'Headers'; }
-    static {  // private accessors for the wire code below; not reachable from worker code
-      headerPairs = (h) => h.#list;
-      headersFromPairs = (pairs) => {  // pairs: fresh from JSON.parse, owned here, lower-cased in place
-        for (let i = 0; i < pairs.length; i++) {
-          const p = pairs[i];
-          p[0] = String(p[0]).toLowerCase();
-          if (typeof p[1] !== 'string') p[1] = String(p[1]);
-        }
+    static {  // private accessors for the wire code; not reachable from worker code
+      headerPairs = (h) => h.#mat();
+      headersWire = (h) => (h.#base !== 0 && h.#ops !== null && mapHas(liveBases, h.#base)
+        ? {b: h.#base, o: h.#ops} : h.#mat());
+      headersFromPairs = (pairs, base) => {  // pairs: fresh from JSON.parse, owned here; names lower-case
         const h = new Headers();
         h.#list = pairs;
+        if (base) { h.#base = base; h.#ops = []; }
         return h;
+      };
+      headersFromText = (text, base) => {  // "name\0value\0…" from the host, split on first use
+        const h = new Headers();
+        h.#list = null;
+        h.#text = text;
+        if (base) { h.#base = base; h.#ops = []; }
+        return h;
+      };
+      defaultType = (h, type) => {  // content-type unless present (both known valid: no re-checks)
+        const list = h.#mat();
+        for (let i = 0; i < list.length; i++) if (list[i][0] === 'content-type') return;
+        h.#edit(['a', 'content-type', type]);
       };
     }
   }
@@ -147,7 +193,7 @@
     return {k: 'str', v: String(init), used: false, type: 'text/plain;charset=UTF-8'};
   }
   function take(st) {
-    if (st.used) throw new TypeError('Body has already been used. It can only be used once. Use tee() first if you need to read it twice.');
+    if (st.used) throw new TypeError_('Body has already been used. It can only be used once. Use tee() first if you need to read it twice.');
     st.used = true;
   }
   async function readBytes(st) {

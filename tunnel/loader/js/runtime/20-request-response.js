@@ -89,23 +89,34 @@
   mixBody(Response);
 
   // ---------------------------------------------------------------- wire (de)serialisation
-  function serReq(r) { return {method: r.method, url: r.url, headers: headerPairs(r.headers), cf: r.cf, body: serBody(r.__b)}; }
-  function serRes(r) { return {status: r.status, statusText: r.statusText, headers: headerPairs(r.headers), body: serBody(r.__b)}; }
+  // Wire forms (see bridge.py): headers are [[name, value], …], host text "n\0v\0…", or edits of a
+  // host list {b, o}; a request's cf is 0 when it is the very object the host sent with the
+  // request (the host has it); bodies are {h: handle}, {s: text}, {b64: …} or null.
+  const hostCf = new WeakMap_();  // cf objects the host sent -> their request's rid
+  function wireCf(cf) { return cf !== undefined && cf !== null && typeof cf === 'object' && weakHas(hostCf, cf) ? 0 : cf; }
+  function serReq(r) { return {method: r.method, url: r.url, headers: headersWire(r.headers), cf: wireCf(r.cf), body: serBody(r.__b)}; }
+  function serRes(r) { return {status: r.status, statusText: r.statusText, headers: headersWire(r.headers), body: serBody(r.__b)}; }
   function bodyFromWire(b) {
     if (!b) return {k: 'none', used: false};
     if (b.h !== undefined) return {k: 'host', h: b.h, used: false};
     if (b.s !== undefined) return {k: 'str', v: b.s, used: false};
     return {k: 'bytes', v: latin1ToBytes(atob(b.b64)), used: false};
   }
-  function reqFromWire(m) {
+  function headersFromWire(h, base, rid) {
+    if (base) { mapSet(liveBases, base, rid); own(rid, base); }
+    return typeof h === 'string' ? headersFromText(h, base) : headersFromPairs(h, base);
+  }
+  function reqFromWire(m, rid) {
     const r = Object.create(Request.prototype);
-    r.__m = m.method; r.__u = m.url; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
-    r.cf = m.cf === null ? undefined : m.cf; r.redirect = 'manual'; r.signal = null;
+    r.__m = m.method; r.__u = m.url; r.__h = headersFromWire(m.headers, m.hb, rid); r.__b = bodyFromWire(m.body);
+    const cf = m.cf === null ? undefined : m.cf;
+    if (cf !== undefined && typeof cf === 'object') weakSet(hostCf, cf, rid);
+    r.cf = cf; r.redirect = 'manual'; r.signal = null;
     return r;
   }
-  function resFromWire(m) {
+  function resFromWire(m, rid) {
     const r = Object.create(Response.prototype);
-    r.__s = m.status; r.__st = m.statusText || ''; r.__h = headersFromPairs(m.headers); r.__b = bodyFromWire(m.body);
+    r.__s = m.status; r.__st = m.statusText || ''; r.__h = headersFromWire(m.headers, m.hb, rid); r.__b = bodyFromWire(m.body);
     r.webSocket = null;
     return r;
   }
@@ -116,27 +127,34 @@
     if (u) return {$bin: bytesToB64(u)};
     return {$v: a === undefined ? null : a};
   }
-  function fromResult(v) {
-    if (v.res) return resFromWire(v.res);
+  function fromResult(v, rid) {
+    if (v.res) return resFromWire(v.res, rid);
     if (v.bin !== undefined) return latin1ToBytes(v.bin).buffer;
     return v.v;
   }
-  async function callBinding(target, method, args) {
+  function callBinding(target, method, args) {
     // like a Workers service binding, fetch("https://…") means fetch(new Request("https://…"))
     if (method === 'fetch' && args.length && (typeof args[0] === 'string' || (G.URL && args[0] instanceof G.URL))) {
-      args = [new Request(args[0]), ...args.slice(1)];
+      args = [new Request(args[0]), ...arrSlice(args, 1)];
     }
-    const v = await op({op: 'call', b: target, m: method, a: args.map(serArg)});
-    return fromResult(v);
+    const a = new Array(args.length);
+    for (let i = 0; i < args.length; i++) a[i] = serArg(args[i]);
+    const rid = turnRid;
+    return pThen(op({op: 'call', b: target, m: method, a}), (v) => fromResult(v, rid));
   }
-  const NOT_METHODS = new Set(['then', 'toJSON', 'constructor', 'valueOf', 'toString', 'inspect']);
+  const NOT_METHODS = new Set_(['then', 'toJSON', 'constructor', 'valueOf', 'toString', 'inspect']);
   function makeBinding(name) {
+    const methods = new Map_();  // one function per method name, made on first use
     return new Proxy(Object.freeze(Object.create(null)), {
       get(_t, prop) {
-        if (typeof prop !== 'string' || NOT_METHODS.has(prop) || prop.startsWith('_')) return undefined;
-        return (...args) => callBinding(name, prop, args);
+        if (typeof prop !== 'string' || setHas(NOT_METHODS, prop) || strSlice(prop, 0, 1) === '_') return undefined;
+        let fn = mapGet(methods, prop);
+        if (fn === undefined) {
+          fn = (...args) => callBinding(name, prop, args);
+          if (mapSize(methods) < 256) mapSet(methods, prop, fn);
+        }
+        return fn;
       },
-      set() { return false; }, has(_t, p) { return typeof p === 'string' && !p.startsWith('_'); },
+      set() { return false; }, has(_t, p) { return typeof p === 'string' && strSlice(p, 0, 1) !== '_'; },
     });
   }
-

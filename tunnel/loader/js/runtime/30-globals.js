@@ -5,47 +5,66 @@
   async function fetch(input, init) {
     const req = new Request(input, init);
     if (!outbound) throw new Error(NOT_PERMITTED);
-    return fromResult(await op({op: 'call', b: '$outbound', m: 'fetch', a: [serArg(req)]}));
+    const rid = turnRid;
+    return fromResult(await op({op: 'call', b: '$outbound', m: 'fetch', a: [serArg(req)]}), rid);
   }
   function fmt(args) {
-    return args.map((a) => {
-      if (typeof a === 'string') return a;
-      if (a instanceof Error) return a.stack ? `${a.name}: ${a.message}\n${a.stack}` : `${a.name}: ${a.message}`;
-      try { const s = JSON.stringify(a); return s === undefined ? String(a) : s; } catch (_e) { return String(a); }
-    }).join(' ').slice(0, LOG_MAX);
+    let text = '';
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      let s;
+      if (typeof a === 'string') s = a;
+      else if (a instanceof Error) s = a.stack ? `${a.name}: ${a.message}\n${a.stack}` : `${a.name}: ${a.message}`;
+      else { try { s = apply(stringify, JSON, [a]); if (s === undefined) s = String(a); } catch (_e) { s = String(a); } }
+      text = i ? text + ' ' + s : s;
+      if (text.length > LOG_MAX) break;  // a line is cut at LOG_MAX characters
+    }
+    return text.length > LOG_MAX ? strSlice(text, 0, LOG_MAX) + ' …[truncated]' : text;
+  }
+  // Log output is rate-limited per isolate (the host bounds it per worker too): bytes per second
+  // from init, a burst of 4 s of it; lines beyond are counted and reported, not sent.
+  let logRate = 65536, logTokens = 4 * 65536, logStamp = 0, logDropped = 0;
+  function log(level, args) {
+    const t = now();
+    logTokens = Math.min(4 * logRate, logTokens + (t - logStamp) * logRate / 1000);
+    logStamp = t;
+    if (logTokens < 0) { logDropped++; return; }
+    const m = fmt(args);
+    logTokens -= m.length + 64;
+    emit({t: 'log', l: level, m});
   }
   const console = {};
   for (const [name, level] of [['log', 'info'], ['info', 'info'], ['debug', 'debug'], ['warn', 'warning'], ['error', 'error'], ['trace', 'debug']]) {
-    def(console, name, (...args) => emit({t: 'log', l: level, m: fmt(args)}));
+    def(console, name, (...args) => log(level, args));
   }
-  const timers = new Map();
+  const timers = new Map_();
   let nextTimer = 1;
   function armTimer(id, ms) {
     const o = {op: 'timer', ms: Math.max(0, Number(ms) || 0)};
-    op(o).then(() => {
-      const t = timers.get(id);
+    pThen(op(o), () => {
+      const t = mapGet(timers, id);
       if (!t) return;
-      if (t.repeat) armTimer(id, t.ms); else timers.delete(id);
-      t.fn(...t.args);
+      if (t.repeat) armTimer(id, t.ms); else mapDelete(timers, id);
+      apply(t.fn, undefined, t.args);
     });
-    const t = timers.get(id);
+    const t = mapGet(timers, id);
     if (t) t.op = o.id;  // the host op the timer waits for (a cancelled request drops it)
   }
   const MAX_TIMERS = 1000;
   function setTimeout(fn, ms = 0, ...args) {
     if (typeof fn !== 'function') throw new TypeError('setTimeout requires a function');
-    if (timers.size >= MAX_TIMERS) throw new RangeError(`too many active timers (${MAX_TIMERS})`);
+    if (mapSize(timers) >= MAX_TIMERS) throw new RangeError(`too many active timers (${MAX_TIMERS})`);
     const id = nextTimer++;
-    timers.set(id, {fn, args, ms, repeat: false, op: 0});
+    mapSet(timers, id, {fn, args, ms, repeat: false, op: 0});
     armTimer(id, ms);
     return id;
   }
   function setInterval(fn, ms = 0, ...args) {
     const id = setTimeout(fn, ms, ...args);
-    timers.get(id).repeat = true;
+    mapGet(timers, id).repeat = true;
     return id;
   }
-  const clearTimeout = (id) => { timers.delete(id); };
+  const clearTimeout = (id) => { mapDelete(timers, id); };
   function getRandomValues(view) {
     if (!(view instanceof Int8Array || view instanceof Uint8Array || view instanceof Uint8ClampedArray ||
           view instanceof Int16Array || view instanceof Uint16Array || view instanceof Int32Array ||
@@ -54,11 +73,7 @@
     }
     const n = view.byteLength;
     if (n > 65536) throw new DOMException(`The ArrayBufferView's byte length (${n}) exceeds the number of bytes of entropy available via this API (65536)`, 'QuotaExceededError');
-    if (entropy.length - entropyPos < n) throw new Error('entropy pool exhausted; retry in the next request');
-    const u = new Uint8Array(view.buffer, view.byteOffset, n);
-    for (let i = 0; i < n; i++) u[i] = entropy.charCodeAt(entropyPos + i);
-    entropyPos += n;
-    if (entropy.length - entropyPos < 8192) emit({t: 'entropy'});
+    randomBytes(new Uint8Array(view.buffer, view.byteOffset, n));
     return view;
   }
   function randomUUID() {
@@ -74,7 +89,7 @@
     if (!DIGESTS[name]) throw new DOMException(`Unrecognized algorithm name: ${name}`, 'NotSupportedError');
     const u = toBytes(data);
     if (!u) throw new TypeError('digest: data must be an ArrayBuffer or ArrayBufferView');
-    return fromResult(await op({op: 'digest', alg: DIGESTS[name], d: bytesToB64(u)}));
+    return fromResult(await op({op: 'digest', alg: DIGESTS[name], d: bytesToB64(u)}), 0);
   });
   // HMAC keys only: importKey('raw', bytes, {name: 'HMAC', hash}), sign, verify (host ops to hmac).
   let cryptoKeyRaw;
@@ -109,7 +124,7 @@
     if (!key.usages.includes(usage)) throw new DOMException(`key does not allow ${usage}`, 'InvalidAccessError');
     const u = toBytes(data);
     if (!u) throw new TypeError('data must be an ArrayBuffer or ArrayBufferView');
-    return fromResult(await op({op: 'hmac', alg: DIGESTS[key.algorithm.hash.name], k: bytesToB64(cryptoKeyRaw(key)), d: bytesToB64(u)}));
+    return fromResult(await op({op: 'hmac', alg: DIGESTS[key.algorithm.hash.name], k: bytesToB64(cryptoKeyRaw(key)), d: bytesToB64(u)}), 0);
   }
   def(subtle, 'sign', (algorithm, key, data) => hmac('sign', key, data));
   def(subtle, 'verify', async (algorithm, key, signature, data) => {
@@ -135,7 +150,7 @@
   class ExecutionContext {
     #w;
     constructor(waits) { this.#w = waits; this.props = {}; }
-    waitUntil(p) { this.#w.push(Promise.resolve(p)); }
+    waitUntil(p) { push(this.#w, pResolve(p)); }
     passThroughOnException() {}
   }
   const ungapClone = G.structuredClone;  // vendored @ungap/structured-clone
