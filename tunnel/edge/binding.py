@@ -101,9 +101,10 @@ class TunnelCall:
         self.error: str | None = None
         self.adopted = False
         self.retried = False
+        self.head: ResponseHead | None = None
         self.sender: asyncio.Task | None = None
-        self._wake: asyncio.Event = asyncio.Event()
-        self._upload_wake = asyncio.Event()
+        self._wake: asyncio.Future | None = None  # a reader of the response body waits on it
+        self._upload_wake: asyncio.Future | None = None  # send_body waits on it for credit
         self.response.add_done_callback(self._abandoned)
 
     def open(self, session: "EdgeSession") -> bool:
@@ -140,14 +141,24 @@ class TunnelCall:
         headers = http1.strip_hop_by_hop(head.headers, keep_upgrade=head.status == 101, also=DROP_FROM_ORIGIN)
         body = None if head.status in NULL_BODY_STATUSES else TunnelBody(self)
         self.head = head
-        self._answer(Response(head.status, headers, body=body))
+        self._answer(Response._checked(head.status, headers, body, head.reason))
 
     def on_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             self.chunks.append(data)
         if end_stream:
             self.ended = True
-        self._wake.set()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter, self._wake = self._wake, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_sender(self) -> None:
+        waiter, self._upload_wake = self._upload_wake, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_reset(self, code: int, message: str) -> None:
         exchange = self.exchange
@@ -164,13 +175,13 @@ class TunnelCall:
                     return
             self._answer(error_response(reset_error(code, message), self.request_id, self.accept))
         self.error = message or "stream reset"
-        self._wake.set()
-        self._upload_wake.set()
+        self._wake_reader()
+        self._wake_sender()
 
     def on_window(self) -> None:
         if self.exchange is not None and self.exchange.stream_id == self.stream_id:
             self.exchange.on_window()
-        self._upload_wake.set()
+        self._wake_sender()
 
     # sending a body that is not the public client's ---------------------------------------
     async def send_body(self, body: Any) -> None:
@@ -197,8 +208,8 @@ class TunnelCall:
             self.session.flush_soon()
             data = data[taken:]
             if data:
-                self._upload_wake.clear()
-                await self._upload_wake.wait()
+                self._upload_wake = asyncio.get_running_loop().create_future()
+                await self._upload_wake
 
     # reading the response ------------------------------------------------------------------
     async def iterate(self):
@@ -213,8 +224,8 @@ class TunnelCall:
                 return
             if self.error is not None:
                 raise ConnectionError(f"the tunnel stream failed: {self.error}")
-            self._wake.clear()
-            await self._wake.wait()
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
 
     def cancel(self) -> None:
         if not self.ended and self.error is None and not self.adopted and self.session is not None:

@@ -454,12 +454,18 @@ class Exchange:
             self._response_end()
 
     def write_body(self, data: bytes) -> None:
-        """Response body bytes made at the edge (a worker's own body), framed as the head said."""
+        """Response body bytes made at the edge (a worker's own body), framed as the head said;
+        a head still waiting leaves with them, in one write."""
         if not data or self.proto.closed:
             return
         self.bytes_out += len(data)
-        self.flush_head()
-        self.proto.write(http1.chunk(data) if self.chunked else data)
+        out = http1.chunk(data) if self.chunked else data
+        head, self.head_out = self.head_out, None
+        if head is not None and len(out) <= 65536:
+            out = head + out
+        elif head is not None:
+            self.proto.write(head)
+        self.proto.write(out)
 
     def _framing_violation(self, detail: str) -> None:
         """The connector sent a body that does not match the response head: reset the stream and
@@ -526,7 +532,7 @@ class Exchange:
             proto.write(head)
         if self.session is not None:
             self.session.finished(self.stream_id)
-        if not self.request_done:
+        if not self.request_done and self.has_body:  # answered before the body came: the framing is lost
             self.close_after = True
             if self.attached and not self.request_ended:
                 self.session.reset(self.stream_id, ErrorCode.NO_ERROR, "response complete")

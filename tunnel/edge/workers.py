@@ -15,7 +15,7 @@ as they arrive. Only bodies a worker reads are queued (bounded by the stream win
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 import json
 import logging
 from collections import deque
@@ -38,6 +38,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from tunnel.edge.registry import TunnelRegistry
 
 log = logging.getLogger(__name__)
+
+
+class _Tokens:
+    """Unguessable 128-bit hex tokens, read from the OS 4 KiB at a time (one system call for 256)."""
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        if self._pos >= len(self._hex):
+            self._hex, self._pos = os.urandom(4096).hex(), 0
+        token = self._hex[self._pos:self._pos + 32]
+        self._pos += 32
+        return token
+
+
+_tokens = _Tokens()
 
 
 class WorkerPipeline:
@@ -176,7 +194,7 @@ class WorkerPipeline:
         """Make ``exchange`` findable by the binding (through ``request.cf.edgeExchange``). The
         ident is a random token: worker code can read and copy it, but cannot guess another
         request's, and the binding also checks that the exchange belongs to its own tunnel."""
-        ident = secrets.token_hex(16)
+        ident = _tokens.next()
         self.exchanges[ident] = exchange
         return ident
 

@@ -252,14 +252,13 @@ def headers_text(headers: list[tuple[str, str]]) -> str:
 Reply = tuple[dict, bytes]  # a ``done`` message ({"t", "id", "ok", "v"|"e", "p"?}) and its payload
 
 
-def start_op(inst: Instance, ev: dict, max_body_bytes: int) -> "Reply | asyncio.Future | Awaitable[Reply]":
+def start_op(inst: Instance, ev: dict, max_body_bytes: int) -> "Reply | Pending | asyncio.Future | Awaitable[Reply]":
     """Begin one op a worker asked for (binding call, global fetch, body read, digest, hmac, timer).
 
     Everything the op refers to (arguments, handles, header lists) is resolved now, while the
     request that asked is known to be alive. Returns the reply when the op is done at once, a
-    Future (no task: a binding that returns one, a timer) or a coroutine to run as a task, either
-    resolving to the reply. Errors become a failed reply (the JS promise rejects with a matching
-    error).
+    ``Pending`` (a binding returned a Future), a Future of the reply (a timer) or a coroutine to
+    run as a task. Errors become a failed reply (the JS promise rejects with a matching error).
     """
     reply: dict = {"t": "done", "id": ev["id"], "ok": True}
     try:
@@ -268,7 +267,7 @@ def start_op(inst: Instance, ev: dict, max_body_bytes: int) -> "Reply | asyncio.
             result = _begin_call(inst, ev)
             rid = ev["rid"]
             if isinstance(result, asyncio.Future):
-                return _chain(result, reply, lambda value: _done_with(inst, reply, value, rid))
+                return Pending(result, reply, lambda value: _done_with(inst, reply, value, rid))
             if inspect.isawaitable(result):
                 return _finish_call(inst, reply, result, rid)
             return _done_with(inst, reply, result, rid)
@@ -309,25 +308,24 @@ def _settle(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-def _chain(source: asyncio.Future, reply: dict, finish: Callable[[Any], Reply]) -> asyncio.Future:
-    """A Future of the reply ``finish`` makes from ``source``'s result (or of a failed reply)."""
-    out = source.get_loop().create_future()
+class Pending:
+    """An op that completes with a Future a binding returned: ``finish`` turns its result into
+    the reply (a failed reply when it failed). No second future, no task."""
 
-    def done(f: asyncio.Future) -> None:
-        if out.done():
-            return
-        if f.cancelled():
-            out.cancel()
-            return
-        exc = f.exception()
+    __slots__ = ("source", "reply", "finish")
+
+    def __init__(self, source: asyncio.Future, reply: dict, finish: Callable[[Any], Reply]):
+        self.source, self.reply, self.finish = source, reply, finish
+
+    def outcome(self) -> Reply:
+        """The reply, once ``source`` is done (not cancelled)."""
+        exc = self.source.exception()
+        if exc is not None:
+            return failed_reply(self.reply, exc), b""
         try:
-            out.set_result((failed_reply(reply, exc), b"") if exc is not None else finish(f.result()))
+            return self.finish(self.source.result())
         except Exception as error:  # a result that does not convert
-            out.set_result((failed_reply(reply, error), b""))
-
-    source.add_done_callback(done)
-    out.add_done_callback(lambda f: f.cancelled() and source.cancel())
-    return out
+            return failed_reply(self.reply, error), b""
 
 
 async def _finish_call(inst: Instance, reply: dict, result: Awaitable, rid: int) -> Reply:

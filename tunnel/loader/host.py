@@ -22,7 +22,7 @@ import logging
 from functools import partial
 from typing import Callable
 
-from .bridge import (Done, Instance, Limits, Req, add_base, add_handle, close_later, release_handles, response_from_wire,
+from .bridge import (Done, Instance, Limits, Pending, Req, add_base, add_handle, close_later, release_handles, response_from_wire,
                      start_op)
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
@@ -161,6 +161,11 @@ class IsolateHost:
             if type(started) is tuple:
                 self._answer(inst, turn_rid, started)
                 return
+            if type(started) is Pending:
+                source = started.source
+                inst.tasks[source] = ev
+                source.add_done_callback(partial(self._pending_done, inst, turn_rid, started))
+                return
             if not isinstance(started, asyncio.Future):
                 started = asyncio.get_running_loop().create_task(started)
             inst.tasks[started] = ev
@@ -204,6 +209,11 @@ class IsolateHost:
             self.drop(inst)
 
     # ------------------------------------------------------------------ ops
+    def _pending_done(self, inst: Instance, rid: int, pending: Pending, fut: asyncio.Future) -> None:
+        inst.tasks.pop(fut, None)
+        if not fut.cancelled():
+            self._answer(inst, rid, pending.outcome())
+
     def _op_done(self, inst: Instance, rid: int, fut: asyncio.Future) -> None:
         inst.tasks.pop(fut, None)
         if not fut.cancelled():

@@ -54,6 +54,7 @@ class Shard(IsolateHost):
         self.restarts = 0
         self.bytecode = False
         self.current: mmap.mmap | None = None
+        self._out: list[bytes] = []  # per-request messages queued during this loop turn
 
     @property
     def running(self) -> bool:
@@ -181,7 +182,8 @@ class Shard(IsolateHost):
         self.seq += 1
         header["seq"] = self.seq
         self.sent.append((self.seq, wid, rid))
-        self.transport.write(encode(header, blob))
+        self._out.append(encode(header, blob))
+        self._write_out()  # control messages leave at once, after what this turn queued before them
 
     def _send_hot(self, kind: bytes, wid: int, rid: int, blob: bytes, extra: bytes = b"") -> None:
         """``_send`` for ``req``/``done`` (the per-request messages): the header is formatted, not dumped."""
@@ -191,7 +193,15 @@ class Shard(IsolateHost):
             self.last_progress = time.monotonic()
         seq = self.seq = self.seq + 1
         self.sent.append((seq, wid, rid))
-        self.transport.write(encode_hot(kind, wid, rid, seq, blob, extra))
+        out = self._out
+        out.append(encode_hot(kind, wid, rid, seq, blob, extra))
+        if len(out) == 1:  # the first message of this loop turn: they all leave in one write at its end
+            asyncio.get_running_loop().call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def _send_req(self, inst: Instance, rid: int, text: str) -> None:
         self._send_hot(b"req", inst.wid, rid, text.encode("ascii"))
