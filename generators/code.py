@@ -46,14 +46,15 @@ class GeneratedWorker:
     trusted: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"compatibility_date", "main_module", "modules"}`` as plain JSON-able data."""
+        """``{"compatibility_date", "main_module", "modules", "trusted"}`` as plain JSON-able data."""
         return {"compatibility_date": self.compatibility_date, "main_module": self.main_module,
-                "modules": {name: _plain(value) for name, value in self.modules.items()}}
+                "modules": {name: _plain(value) for name, value in self.modules.items()}, "trusted": self.trusted}
 
     def to_worker_code(self, env: Mapping[str, Any] | None = None, global_outbound: Any = None,
                        limits: Mapping[str, float] | None = None) -> Any:
         """Build the loader's ``WorkerCode`` (imported here, so generators stay importable alone).
-        It is ``trusted`` (run in the loader's own process) exactly when this worker is."""
+        It is ``trusted`` (placed on the loader's trusted shards, apart from users' code) exactly
+        when this worker is."""
         from tunnel.loader import WorkerCode
 
         return WorkerCode(compatibility_date=self.compatibility_date, main_module=self.main_module,

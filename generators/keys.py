@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 
-_KEY = re.compile(r"^(tunnel|metrics)-([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$|^config-([1-9][0-9]*)$")
+_KEY = re.compile(r"^(tunnel|custom|metrics)-([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$|^config-([1-9][0-9]*)$")
 
 
 def tunnel_key(tunnel_id: str) -> str:
     """The key of a tunnel's policy worker: ``tunnel-<id>``."""
     return f"tunnel-{tunnel_id}"
+
+
+def custom_key(tunnel_id: str) -> str:
+    """The key of a tunnel's custom JavaScript when it also has a policy: ``custom-<id>`` (the
+    policy worker ``tunnel-<id>`` calls it through ``env.CUSTOM``)."""
+    return f"custom-{tunnel_id}"
 
 
 def metrics_key(tunnel_id: str) -> str:
@@ -23,7 +29,7 @@ def config_key(version: int) -> str:
 
 
 def parse_key(key: str) -> tuple[str, str] | None:
-    """``("tunnel"|"metrics", id)`` or ``("config", "<version>")`` for a generated key; None for any other."""
+    """``("tunnel"|"custom"|"metrics", id)`` or ``("config", "<version>")`` for a generated key; None for any other."""
     m = _KEY.match(key)
     if m is None:
         return None

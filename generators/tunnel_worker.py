@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from generators.code import GeneratedWorker, finish_module, freeze, js
-from generators.keys import tunnel_key
+from generators.code import GeneratedWorker, finish_module, freeze, js, module_hash
+from generators.keys import custom_key, tunnel_key
 from generators.policy_js import helpers_for
 from tunnel.config.model import (
     AbSplit,
@@ -57,27 +57,34 @@ class _Emitter:
 
 
 def generate_tunnel_worker(tunnel: TunnelConfig) -> GeneratedWorker:
-    """Compile ``tunnel``'s policy (and custom modules) into the ``tunnel-<id>`` worker.
+    """Compile ``tunnel``'s policy into the ``tunnel-<id>`` worker.
 
+    A tunnel with custom code and no policy gets its custom modules here (under ``custom/``),
+    behind a pass-through main module. With a policy too, ``tunnel-<id>`` holds only the
+    policy (generated, so ``trusted``: the loader keeps it, and its rate-limit windows, away from
+    any user's code) and forwards through ``env.CUSTOM``, the custom code loaded on its own as
+    ``custom-<id>`` (``generate_custom_worker``).
     Pure and deterministic: the same TunnelConfig gives byte-identical modules and hash.
     """
     e = _Emitter()
     policy = tunnel.policy
     custom = tunnel.worker
+    inline = custom is not None and policy.is_empty  # the custom modules travel in this worker
     modules: dict[str, Any] = {}
-    if custom is not None:
+    if inline:
         for name, value in custom.modules.items():
             modules[CUSTOM_PREFIX + name] = value
 
     summary = (f"policy of tunnel {tunnel.name}: {len(policy.on_request)} on_request rule(s), "
                f"{len(policy.on_response)} on_response rule(s)"
-               + (f", custom worker ({len(custom.modules)} module(s) under {CUSTOM_PREFIX})" if custom else ""))
-    if custom is not None:
+               + (f", custom worker ({len(custom.modules)} module(s) under {CUSTOM_PREFIX})" if inline else "")
+               + (f", custom worker {custom_key(tunnel.name)} (env.CUSTOM)" if custom is not None and not inline else ""))
+    if inline:
         e.line(0, f"import custom from {js('./' + CUSTOM_PREFIX + custom.main_module)};")
         e.line(0)
 
     if policy.is_empty:
-        _emit_passthrough(e, custom is not None)
+        _emit_passthrough(e, inline)
     else:
         _emit_main(e)
         _emit_on_request(e, tunnel)
@@ -92,7 +99,19 @@ def generate_tunnel_worker(tunnel: TunnelConfig) -> GeneratedWorker:
     key = tunnel_key(tunnel.name)
     text, digest = finish_module(key, summary, body, modules)
     return GeneratedWorker(key=key, main_module=MAIN_MODULE, modules=freeze({MAIN_MODULE: text, **modules}),
-                           hash=digest, trusted=custom is None)
+                           hash=digest, trusted=not inline)
+
+
+def generate_custom_worker(tunnel: TunnelConfig) -> GeneratedWorker | None:
+    """The ``custom-<id>`` worker of a tunnel that has both a policy and custom code: the custom
+    modules as given (its main module is the tunnel's ``worker.main_module``), never trusted. None
+    when ``tunnel-<id>`` carries the custom code itself (no policy) or there is none."""
+    custom = tunnel.worker
+    if custom is None or tunnel.policy.is_empty:
+        return None
+    modules = dict(custom.modules)
+    return GeneratedWorker(key=custom_key(tunnel.name), main_module=custom.main_module, modules=freeze(modules),
+                           hash=module_hash({"main": custom.main_module, **modules}), trusted=False)
 
 
 def _emit_passthrough(e: _Emitter, custom: bool) -> None:
@@ -120,21 +139,15 @@ def _emit_main(e: _Emitter) -> None:
 
 def _emit_forward(e: _Emitter, custom: bool, split: bool) -> None:
     e.used.add("outgoing")
-    e.line(0, "// Forward through the tunnel" + (" via the custom worker" if custom else "") + ".")
+    target = "env.CUSTOM" if custom else "env.TUNNEL"
+    e.line(0, "// Forward " + ("to the custom worker (custom-<id>), which reaches the tunnel itself." if custom
+                              else "through the tunnel."))
     e.line(0, "function forward(st, env, ctx) {")
     e.line(1, "const request = outgoing(st);")
-    if custom and split:
-        e.line(1, "if (st.service !== undefined) {")
-        e.line(2, "const TUNNEL = { fetch: (r, opts) => env.TUNNEL.fetch(r, opts === undefined ? { service: st.service } : opts) };")
-        e.line(2, "return custom.fetch(request, Object.assign({}, env, { TUNNEL }), ctx);")
-        e.line(1, "}")
-        e.line(1, "return custom.fetch(request, env, ctx);")
-    elif custom:
-        e.line(1, "return custom.fetch(request, env, ctx);")
-    elif split:
-        e.line(1, "return st.service === undefined ? env.TUNNEL.fetch(request) : env.TUNNEL.fetch(request, { service: st.service });")
+    if split:
+        e.line(1, f"return st.service === undefined ? {target}.fetch(request) : {target}.fetch(request, {{ service: st.service }});")
     else:
-        e.line(1, "return env.TUNNEL.fetch(request);")
+        e.line(1, f"return {target}.fetch(request);")
     e.line(0, "}")
     e.line(0)
 

@@ -74,9 +74,10 @@ class EdgeHTTPError(TunnelError):
     reason = "internal"
     title = "Internal error"
 
-    def __init__(self, detail: str = ""):
+    def __init__(self, detail: str = "", *, retry_after: float | None = None):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
+        self.retry_after = retry_after  # seconds, sent as Retry-After when set
 
 
 class UnknownHost(EdgeHTTPError):

@@ -62,10 +62,12 @@ def test_check_rule(capsys, reference_text, reference_path):
 def test_workers_render(capsys, reference_path):
     code, out, _ = run(capsys, "workers", "render", reference_path, "--tunnel", "web", "--json")
     rendered = json.loads(out)
-    assert code == 0 and set(rendered) == {"tunnel-web", "metrics-web"}
-    web = rendered["tunnel-web"]
-    assert web["main_module"] == "tunnel.js" and set(web["modules"]) == {"tunnel.js", "custom/index.js",
-                                                                        "custom/stamp.js"}
+    assert code == 0 and set(rendered) == {"tunnel-web", "custom-web", "metrics-web"}
+    web, custom = rendered["tunnel-web"], rendered["custom-web"]
+    # The policy is generated (trusted); the custom code beside it is loaded on its own, untrusted.
+    assert web["main_module"] == "tunnel.js" and set(web["modules"]) == {"tunnel.js"} and web["trusted"]
+    assert custom["main_module"] == "index.js" and set(custom["modules"]) == {"index.js", "stamp.js"}
+    assert not custom["trusted"]
     assert web["hash"] in web["modules"]["tunnel.js"]
     code, out, _ = run(capsys, "workers", "render", reference_path, "--tunnel", "api", "--config-version", "3")
     assert code == 0 and "=== tunnel-api:" in out and "=== metrics-api:" in out and "=== config-3:" in out

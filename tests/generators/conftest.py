@@ -87,6 +87,29 @@ def tunnel_doc(on_request=None, on_response=None, **extra) -> dict[str, Any]:
     return {"tunnels": {"t": tunnel}}
 
 
+class CustomHop:
+    """env.CUSTOM of a policy worker in these tests: remembers the service the policy chose and
+    gives it to the custom worker's env.TUNNEL calls that name none (the edge keeps it per request)."""
+
+    def __init__(self, tunnel):
+        self.tunnel = tunnel
+        self.service = None
+        self.stub = None
+        hop = self
+
+        class TunnelSide:
+            async def fetch(self, request, opts=None):
+                if opts is None and hop.service is not None:
+                    opts = {"service": hop.service}
+                return await hop.tunnel.fetch(request, opts) if opts is not None else await hop.tunnel.fetch(request)
+
+        self.tunnel_side = TunnelSide()
+
+    async def fetch(self, request, opts=None):
+        self.service = opts.get("service") if isinstance(opts, dict) else None
+        return await self.stub.fetch(request)
+
+
 class Runner:
     """Loads generated workers in one real Loader and sends them requests."""
 
@@ -104,16 +127,28 @@ class Runner:
         """Send one request to a stub; return ``(status, headers, body bytes)``."""
         return await send(stub, path, method, headers, body, ip, host)
 
-    def load(self, worker, tunnel: FakeTunnel | None = None):
-        """A stub for ``worker`` (a GeneratedWorker) whose env.TUNNEL is ``tunnel``."""
+    def load(self, worker, tunnel: FakeTunnel | None = None, custom=None):
+        """A stub for ``worker`` (a GeneratedWorker) whose env.TUNNEL is ``tunnel``; with ``custom``
+        (the tunnel's ``custom-<id>`` GeneratedWorker) its env.CUSTOM reaches that worker, whose
+        env.TUNNEL is ``tunnel`` with the service the policy chose (as the edge does)."""
         self.count += 1
-        env = {"TUNNEL": tunnel} if tunnel is not None else None
-        code = worker.to_worker_code(env=env)
+        env = {"TUNNEL": tunnel} if tunnel is not None else {}
+        if custom is not None:
+            hop = CustomHop(tunnel)
+            hop.stub = self.load(custom, hop.tunnel_side)
+            env["CUSTOM"] = hop
+        code = worker.to_worker_code(env=env or None)
 
         async def factory():
             return code
 
         return self.loader.get(f"{worker.key}#{self.count}", factory)
+
+    def load_tunnel(self, tunnel_config, tunnel: FakeTunnel):
+        """The stub of a tunnel's ``tunnel-<id>`` with its ``custom-<id>`` behind env.CUSTOM, if any."""
+        from generators import generate_custom_worker, generate_tunnel_worker
+
+        return self.load(generate_tunnel_worker(tunnel_config), tunnel, generate_custom_worker(tunnel_config))
 
     async def policy(self, on_request=None, on_response=None, tunnel: FakeTunnel | None = None, **extra):
         """Generate tunnel ``t`` from a policy and return ``(stub, fake tunnel)``."""

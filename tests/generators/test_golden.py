@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from generators import generate_config_worker, generate_metrics_worker, generate_tunnel_worker
+from generators import generate_config_worker, generate_custom_worker, generate_metrics_worker, generate_tunnel_worker
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -22,6 +22,7 @@ def cases(config):
     return {
         "tunnel-web.js": generate_tunnel_worker(web).modules["tunnel.js"],
         "tunnel-web.json": json.dumps(generate_tunnel_worker(web).as_dict(), indent=2, sort_keys=True) + "\n",
+        "custom-web.json": json.dumps(generate_custom_worker(web).as_dict(), indent=2, sort_keys=True) + "\n",
         "tunnel-api.js": generate_tunnel_worker(api).modules["tunnel.js"],
         "metrics-web.js": generate_metrics_worker(web).modules["metrics.js"],
         "metrics-api.js": generate_metrics_worker(api).modules["metrics.js"],
@@ -29,7 +30,7 @@ def cases(config):
     }
 
 
-@pytest.mark.parametrize("name", ["tunnel-web.js", "tunnel-web.json", "tunnel-api.js", "metrics-web.js",
+@pytest.mark.parametrize("name", ["tunnel-web.js", "tunnel-web.json", "custom-web.json", "tunnel-api.js", "metrics-web.js",
                                   "metrics-api.js", "config-1.js"])
 def test_golden(reference_config, name):
     text = cases(reference_config)[name]

@@ -16,6 +16,7 @@ from generators import (
     build_routing_table,
     config_answer,
     generate_config_worker,
+    generate_custom_worker,
     generate_metrics_worker,
     generate_tunnel_worker,
 )
@@ -66,7 +67,7 @@ def test_values_come_back_out_exactly(qjs, compile_js, body, help_text, template
     for source in policy.modules.values():
         if isinstance(source, str):
             compile_js(source)
-    assert policy.modules["custom/data.txt"] == {"text": body}
+    assert generate_custom_worker(tunnel).modules["data.txt"] == {"text": body}  # custom-<id>, beside the policy
 
     # Without the custom module, the same policy runs in the bare harness.
     bare = parse_config({"tunnels": {"t": {k: v for k, v in doc["tunnels"]["t"].items() if k != "worker"}}})

@@ -258,7 +258,7 @@ async def test_match_conditions(runner):
 
 async def test_reference_policy_with_custom_worker(runner, reference_config):
     origin = runner.fake()
-    stub = runner.load(generate_tunnel_worker(reference_config.tunnels["web"]), origin)
+    stub = runner.load_tunnel(reference_config.tunnels["web"], origin)
     status, headers, _ = await runner.send(stub, "/v1/users", host="web.localhost", headers={"X-Internal-Only": "1"})
     assert status == 200 and headers["x-custom-worker"] == "stamp" and headers["x-frame-options"] == "DENY"
     assert "server" not in headers

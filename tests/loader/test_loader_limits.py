@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, WorkerUnavailable
+from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, WorkerQuarantined, WorkerUnavailable
 
 from .conftest import CountingFactory, code, get
 
@@ -57,12 +57,19 @@ async def test_other_keys_and_the_event_loop_keep_going_during_a_runaway():
         latencies: list[float] = []
         limits_hit = 0
 
+        quarantined = 0
+
         async def spinner():
-            nonlocal limits_hit
+            nonlocal limits_hit, quarantined
             while not stop.is_set():
-                with pytest.raises(CpuLimitExceeded):
+                try:
                     await spin.fetch(Request("GET", "http://a/spin"))
-                limits_hit += 1
+                except CpuLimitExceeded:
+                    limits_hit += 1
+                except WorkerQuarantined as exc:  # after 3 hits in 10 s: refused without running
+                    quarantined += 1
+                    assert 0 < exc.retry_after <= 5
+                    await asyncio.sleep(0.05)
 
         async def ticker():
             while not stop.is_set():
@@ -87,7 +94,7 @@ async def test_other_keys_and_the_event_loop_keep_going_during_a_runaway():
         print(f"\nrunaway: {limits_hit} CPU-limit hits in 1.5 s; other keys answered {len(latencies)} requests, "
               f"p50 {latencies[len(latencies) // 2] * 1e3:.2f} ms, max {latencies[-1] * 1e3:.1f} ms; "
               f"event-loop lag max {max(lags) * 1e3:.1f} ms")
-        assert limits_hit >= 3
+        assert limits_hit == 3 and quarantined >= 1
         assert len(latencies) >= 10
         # The contract is "within a second at worst"; typical here is < 0.15 s. The bound is generous
         # because the shared 2-core host can stall any process for a while; the numbers are printed.
@@ -120,31 +127,30 @@ async def test_memory_limit_at_load_time():
 async def test_watchdog_kills_a_shard_that_stops_answering():
     # A CPU limit far above the watchdog's timeout stands in for a native operation the engine
     # cannot interrupt: only killing the process stops it.
-    async with Loader(shards=1, cpu_limit_ms=30_000, hang_timeout_s=0.5, failure_ttl_s=60) as ld:
+    async with Loader(shards=1, cpu_limit_ms=30_000, hang_timeout_s=0.5, failure_ttl_s=60, quarantine_after=0) as ld:
+        await ld.start()  # the spare process is up (as the edge starts its loader)
         spin_factory = CountingFactory(code(RUNAWAY))
         spin = ld.get("stuck", spin_factory)
         bystander = ld.get("bystander", CountingFactory(code(
             "export default { async fetch() { await new Promise(r => setTimeout(r, 300)); return new Response('late') } }")))
         await (await spin.fetch(Request("GET", "http://a/count"))).read()
         await (await bystander.fetch(get())).read()
-        pid_before = ld.stats()["shards"][0]["pid"]
         waiting = asyncio.ensure_future(bystander.fetch(get()))
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
         spinning = asyncio.ensure_future(spin.fetch(Request("GET", "http://a/spin")))
         await asyncio.sleep(0.1)
         late_factory = CountingFactory(code(OTHER))
-        late = ld.get("late-load", late_factory)   # its load queues behind the stuck request
+        late = ld.get("late-load", late_factory)   # its shard is busy: it loads on the spare instead
         late_first = asyncio.ensure_future(late.fetch(get()))
+        assert await (await late_first).read() == b"ok"
+        answered_late = time.monotonic() - t0
         with pytest.raises(CpuLimitExceeded):
             await spinning
         killed_after = time.monotonic() - t0
-        with pytest.raises(WorkerUnavailable):
+        with pytest.raises(WorkerUnavailable):  # it was waiting (a timer) on the stuck shard: lost with it
             await waiting
-        with pytest.raises(WorkerUnavailable):
-            await late_first
-        # a load that failed only because its shard was killed is not remembered as a failure
-        assert await (await late.fetch(get())).read() == b"ok" and late_factory.calls == 1
+        assert answered_late < killed_after and late_factory.calls == 1
         assert 0.4 < killed_after < 3.0, killed_after
         # a quick request sent in the same tick as a stuck one (likely the same batch) is never blamed
         quick = ld.get("quick", CountingFactory(code(OTHER)))
@@ -156,5 +162,16 @@ async def test_watchdog_kills_a_shard_that_stops_answering():
         assert not isinstance(results[0], CpuLimitExceeded), results[0]
         r = await spin.fetch(Request("GET", "http://a/count"))
         assert json.loads(await r.read()) == {"n": 1} and spin_factory.calls == 1
-        s = ld.stats()["shards"][0]
-        assert s["kills"] == 2 and s["pid"] != pid_before
+        assert sum(s["kills"] for s in ld.stats()["shards"]) == 2
+
+
+async def test_a_key_that_gets_its_shard_killed_twice_is_quarantined():
+    async with Loader(shards=1, cpu_limit_ms=30_000, hang_timeout_s=0.3) as ld:
+        spin = ld.get("stuck", CountingFactory(code(RUNAWAY)))
+        for _ in range(2):
+            with pytest.raises(CpuLimitExceeded):
+                await spin.fetch(Request("GET", "http://a/spin"))
+        with pytest.raises(WorkerQuarantined) as info:
+            await spin.fetch(Request("GET", "http://a/count"))
+        assert info.value.status == 503 and info.value.retry_after > 50
+        assert "stuck" in ld.stats()["quarantined"]

@@ -73,7 +73,7 @@ async def _bystander(stub, stop: asyncio.Event, answered: list, failed: list) ->
 
 async def test_hostile_serialisation_hits_the_cpu_limit_not_the_watchdog():
     # hang_timeout_s far above the CPU limit: only the CPU limit may stop these in the time allowed
-    async with Loader(shards=1, hang_timeout_s=10.0) as ld:
+    async with Loader(shards=1, hang_timeout_s=10.0, quarantine_after=0) as ld:
         hostile_factory = CountingFactory(code(hostile_worker(), env={"B": Binding()}, global_outbound=Outbound()))
         hostile = ld.get("hostile", hostile_factory)
         bystander = ld.get("bystander", CountingFactory(code(
@@ -100,7 +100,7 @@ async def test_hostile_serialisation_hits_the_cpu_limit_not_the_watchdog():
         print("\nstopped after (s):", {k: round(v, 3) for k, v in took.items()})
         assert not failed, failed
         assert max(took.values()) < 3.0, took          # the watchdog (10 s) never had to act
-        assert ld.stats()["shards"][0]["kills"] == 0
+        assert sum(s["kills"] for s in ld.stats()["shards"]) == 0
         assert hostile_factory.calls == 1
 
 
@@ -123,7 +123,7 @@ async def test_patched_builtins_do_not_stall_the_runtime(name):
         assert took < 3.0, took
         assert await (await bystander.fetch(get())).read() == b"ok"
         assert await (await stub.fetch(get())).read() == b"fine"
-        assert ld.stats()["shards"][0]["kills"] == 0
+        assert sum(s["kills"] for s in ld.stats()["shards"]) == 0
 
 
 async def test_a_value_that_does_not_serialise_rejects_in_the_worker(loader):

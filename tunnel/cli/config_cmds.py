@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunnel.config import Config, ConfigError, hash_password, hash_secret, load_yaml, match_ingress, parse_config
 from tunnel.cli import versions_cmds
+from tunnel.config import Config, ConfigError, hash_password, hash_secret, load_yaml, match_ingress, parse_config
 from tunnel.config.document import yaml_line
 
 
@@ -78,11 +78,17 @@ def _read_config(path: str) -> tuple[str | None, Config | None, list[str]]:
 
 def _generate_all(config: Config) -> None:
     """Run every generator, as the edge will (a generator failure is a bug: let it raise)."""
-    from generators import generate_config_worker, generate_metrics_worker, generate_tunnel_worker
+    from generators import (
+        generate_config_worker,
+        generate_custom_worker,
+        generate_metrics_worker,
+        generate_tunnel_worker,
+    )
 
     generate_config_worker(config, 1)
     for tunnel in config.tunnels.values():
         generate_tunnel_worker(tunnel)
+        generate_custom_worker(tunnel)
         generate_metrics_worker(tunnel)
 
 
@@ -139,7 +145,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_workers_render(args: argparse.Namespace) -> int:
     """`tunnel workers render FILE --tunnel ID [--config-version V] [--json]`."""
-    from generators import generate_config_worker, generate_metrics_worker, generate_tunnel_worker
+    from generators import (
+        generate_config_worker,
+        generate_custom_worker,
+        generate_metrics_worker,
+        generate_tunnel_worker,
+    )
 
     text, config, errors = _read_config(args.file)
     if config is None:
@@ -152,7 +163,8 @@ def cmd_workers_render(args: argparse.Namespace) -> int:
         print(f"no tunnel {args.tunnel!r} in {args.file} (tunnels: {', '.join(config.tunnels) or 'none'})",
               file=sys.stderr)
         return 1
-    workers = [generate_tunnel_worker(tunnel), generate_metrics_worker(tunnel)]
+    custom = generate_custom_worker(tunnel)
+    workers = [generate_tunnel_worker(tunnel), *([custom] if custom else []), generate_metrics_worker(tunnel)]
     if args.config_version is not None:
         if args.config_version < 1:
             print("--config-version must be a positive integer", file=sys.stderr)

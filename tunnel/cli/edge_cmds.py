@@ -108,6 +108,29 @@ def _add_edge_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
                    help="trust X-Forwarded-For from these peers (repeatable)")
+    p.add_argument("--worker-cpu-ms", type=_limit("cpu_ms"), default=50.0, metavar="N",
+                   help="CPU per request of a tunnel's worker, in ms; a tunnel's worker.limits.cpu_ms "
+                        "overrides it (default %(default)s)")
+    p.add_argument("--worker-memory-mb", type=_limit("memory_mb"), default=64.0, metavar="M",
+                   help="heap per worker isolate, in MiB; worker.limits.memory_mb overrides it (default %(default)s)")
+    p.add_argument("--worker-log-rate", type=int, default=65536, metavar="BYTES",
+                   help="console output per tunnel worker and second; beyond it lines are dropped and counted "
+                        "(default %(default)s)")
+
+
+def _limit(name: str):
+    """An argparse type for a worker limit, in the range worker.limits allows."""
+    from tunnel.config.model import WORKER_LIMIT_RANGES
+
+    low, high = WORKER_LIMIT_RANGES[name]
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
+
+    return parse
 
 
 def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str):
@@ -125,7 +148,9 @@ def _edge_options(args, data_dir: str, public: str, connectors: str, admin: str)
         max_body_size=getattr(args, "max_body_size", 1 << 30),
         origin_timeout=getattr(args, "origin_timeout", 100.0) or 100.0,
         grace_period=getattr(args, "grace_period", 30.0),
-        trusted_proxies=getattr(args, "trusted_proxy", []) or [])
+        trusted_proxies=getattr(args, "trusted_proxy", []) or [],
+        worker_cpu_ms=getattr(args, "worker_cpu_ms", 50.0), worker_memory_mb=getattr(args, "worker_memory_mb", 64.0),
+        worker_log_rate=getattr(args, "worker_log_rate", 65536))
 
 
 # ---------------------------------------------------------------------- long-running commands

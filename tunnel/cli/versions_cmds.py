@@ -161,11 +161,18 @@ def cmd_workers_list(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{'KEY':<32} {'MEMORY KiB':>10} {'REQUESTS':>9} {'IDLE s':>8}")
+    quarantined = result.get("quarantined", {})
+    print(f"{'KEY':<32} {'MEMORY KiB':>10} {'REQUESTS':>9} {'IDLE s':>8} {'CPU ms':>7} {'HEAP MiB':>8} {'SHARD':>5}")
     for key, w in sorted(result.get("per_worker", {}).items()):
-        print(f"{key:<32} {w['memory_bytes'] // 1024:>10} {w['requests']:>9} {w['idle_s']:>8}")
+        limits = w.get("limits", {})
+        note = f"  quarantined {quarantined[key]} s" if key in quarantined else ""
+        print(f"{key:<32} {w['memory_bytes'] // 1024:>10} {w['requests']:>9} {w['idle_s']:>8} "
+              f"{limits.get('cpu_ms', ''):>7} {limits.get('memory_mb', ''):>8} {w.get('shard', ''):>5}{note}")
     print(f"hits {result['hits']}, misses {result['misses']}, loads {result['loads']}, "
-          f"evictions {result['evictions']}")
+          f"evictions {result['evictions']}, moves {result.get('moves', 0)}")
+    for key, seconds in sorted(quarantined.items()):
+        if key not in result.get("per_worker", {}):
+            print(f"{key}: quarantined for {seconds} s more")
     return 0
 
 

@@ -15,6 +15,9 @@ from typing import Any, Mapping, Union
 
 from tunnel.config import patterns
 
+#: What a tunnel's ``worker.limits`` may ask for (the loader's ``WorkerCode.limits`` takes the same).
+WORKER_LIMIT_RANGES = {"cpu_ms": (1, 60_000), "memory_mb": (4, 2048)}
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
@@ -266,11 +269,13 @@ class CustomWorker:
     """The tunnel's own JavaScript: ``modules`` maps a relative name to a module value.
 
     A value is a string (an ES module when the name ends in ``.js``) or a one-key mapping
-    ``{"js"|"cjs"|"text"|"json": ...}``, as the loader's WorkerCode takes them.
+    ``{"js"|"cjs"|"text"|"json": ...}``, as the loader's WorkerCode takes them. ``limits`` are the
+    tunnel's own CPU and memory limits for this code.
     """
 
     main_module: str
     modules: Mapping[str, Any]
+    limits: Mapping[str, float] | None = None  # {"cpu_ms", "memory_mb"} over the edge's defaults
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from tunnel.config.document import canonical_json, check_depth
 from tunnel.config.errors import ConfigError, Problems
 from tunnel.config.ingress import parse_ingress
 from tunnel.config.metrics import check_shared_names, parse_metrics
-from tunnel.config.model import Config, CustomWorker, Policy, TunnelConfig
+from tunnel.config.model import WORKER_LIMIT_RANGES, Config, CustomWorker, Policy, TunnelConfig
 from tunnel.config.policy import parse_policy
 
 TUNNEL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -96,10 +96,26 @@ def _hostnames(p: Problems, path: str, raw: Any, tunnel: str, owner: dict[str, s
     return tuple(out)
 
 
-def _worker(p: Problems, path: str, raw: Any) -> CustomWorker | None:
-    m = v.mapping(p, path, raw, ("main_module", "modules"), required=("main_module", "modules"))
+def _limits(p: Problems, path: str, raw: Any) -> dict[str, float] | None:
+    """``worker.limits``: ``{cpu_ms, memory_mb}`` for the tunnel's custom code (either may be left out)."""
+    m = v.mapping(p, path, raw, tuple(WORKER_LIMIT_RANGES))
     if m is None:
         return None
+    limits: dict[str, float] = {}
+    for name, unit in (("cpu_ms", "milliseconds of CPU per request"), ("memory_mb", "MiB of heap")):
+        if name in m:
+            low, high = WORKER_LIMIT_RANGES[name]
+            checked = v.number(p, v.join(path, name), m[name], low=low, high=high, what=f"{low}–{high} {unit}")
+            if checked is not None:
+                limits[name] = checked
+    return limits
+
+
+def _worker(p: Problems, path: str, raw: Any) -> CustomWorker | None:
+    m = v.mapping(p, path, raw, ("main_module", "modules", "limits"), required=("main_module", "modules"))
+    if m is None:
+        return None
+    limits = _limits(p, v.join(path, "limits"), m["limits"]) if m.get("limits") is not None else None
     modules: dict[str, Any] = {}
     mpath = v.join(path, "modules")
     if not isinstance(m.get("modules"), dict) or not m.get("modules"):
@@ -132,4 +148,5 @@ def _worker(p: Problems, path: str, raw: Any) -> CustomWorker | None:
             p.add(v.join(path, "main_module"), "the main module must be an ES module")
     if main is None or not modules:
         return None
-    return CustomWorker(main_module=main, modules=MappingProxyType(modules))
+    return CustomWorker(main_module=main, modules=MappingProxyType(modules),
+                        limits=MappingProxyType(limits) if limits else None)

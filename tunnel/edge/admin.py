@@ -31,7 +31,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tunnel.config import ConfigError
 from tunnel.config.credentials import verify_secret
 from tunnel.edge.versions import StaleBase
-
 from tunnel.errors import Conflict, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -201,8 +200,7 @@ async def _history(request: web.Request) -> web.Response:
 
 
 async def _workers(request: web.Request) -> web.Response:
-    stats = request.app[EDGE_KEY].loader.stats()
-    return web.json_response({k: v for k, v in stats.items() if k != "shards"})
+    return web.json_response(request.app[EDGE_KEY].loader.stats())
 
 
 def create_admin_app(edge: "Edge") -> web.Application:

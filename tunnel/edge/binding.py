@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from tunnel import http1
 from tunnel.edge import pages
 from tunnel.edge.forwarding import DROP_FROM_ORIGIN, DROP_FROM_WORKER, may_retry, reset_error
-from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, OriginUnreachable
-from tunnel.loader import Request, Response
+from tunnel.errors import BadRequest, EdgeHTTPError, HeadersTooLarge, OriginUnreachable, WorkerFailed, WorkerLimited
+from tunnel.loader import Request, Response, WorkerQuarantined, close_later
 from tunnel.protocol import RequestHead, ResponseHead
 from tunnel.protocol.frames import ErrorCode
 
@@ -44,6 +44,19 @@ def error_response(error: EdgeHTTPError, request_id: str, accept: str | None) ->
     """An edge error page as a loader Response (so on_response policy rules still apply)."""
     status, _reason, headers, body = pages.render(error, request_id, accept)
     return Response(status, [(k, v) for k, v in headers if k.lower() != "content-length"], body=body)
+
+
+def worker_error(exchange: "Exchange", error: BaseException) -> EdgeHTTPError:
+    """Count and log a worker's failure on ``exchange``; the edge error the client is shown:
+    503 ``worker-limit`` (with Retry-After while quarantined) or 500 ``worker-error``."""
+    kind = "Quarantined" if isinstance(error, WorkerQuarantined) else type(error).__name__
+    exchange.stats.count_worker_error(kind)
+    if isinstance(error, WorkerQuarantined):
+        return WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {error.retry_after:.0f} s",
+                             retry_after=error.retry_after)
+    log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, error)
+    error_class = WorkerLimited if getattr(error, "status", 500) == 503 else WorkerFailed
+    return error_class(f"{kind}: {getattr(error, 'js_message', '') or error}")
 
 
 class ClientBody:
@@ -301,3 +314,52 @@ class TunnelBinding:
             exchange.last_call = call
         call.open(session)
         return call.response
+
+
+class CustomBinding:
+    """``env.CUSTOM`` of a tunnel whose policy (``tunnel-<id>``, trusted) runs apart from its
+    custom code (``custom-<id>``, untrusted): ``env.CUSTOM.fetch(request, {service})`` hands the
+    request the policy lets through to the custom code, whose own ``env.TUNNEL`` reaches the origin.
+
+    A failure of the custom code becomes an edge error response here (503 ``worker-limit``, with
+    Retry-After while it is quarantined; 500 ``worker-error``), so the policy's on_response rules
+    still apply to it.
+    """
+
+    def __init__(self, pipeline: "WorkerPipeline", tunnel: str):
+        self.pipeline = pipeline
+        self.tunnel = tunnel
+
+    def fetch(self, request: Request, opts: dict | None = None) -> "asyncio.Future[Response]":
+        """Run ``custom-<id>`` on ``request``; a Future of its response (or of an error page)."""
+        pipeline = self.pipeline
+        cf = request.cf or {}
+        exchange = pipeline.exchanges.get(cf.get("edgeExchange"))
+        if exchange is not None and exchange.tunnel != self.tunnel:
+            exchange = None
+        request_id = str(cf.get("requestId") or "")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        service = opts.get("service") if isinstance(opts, dict) else None
+        if service is not None:
+            if not isinstance(service, str) or service not in pipeline.services(self.tunnel):
+                fut.set_result(error_response(OriginUnreachable(f"service {service!r} is not one of this tunnel's services"),
+                                              request_id, http1.get_header(request.header_pairs(), "accept")))
+                return fut
+            if exchange is not None:
+                exchange.service = service  # the custom code's env.TUNNEL.fetch dials it
+
+        def done(response: Response | None, error: BaseException | None) -> None:
+            if fut.done():
+                if response is not None:
+                    close_later(response.body)
+            elif error is None:
+                fut.set_result(response)
+            elif exchange is None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(error_response(worker_error(exchange, error), request_id,
+                                              http1.get_header(request.header_pairs(), "accept")))
+
+        ticket = pipeline.custom_worker(self.tunnel).submit(request, done)
+        fut.add_done_callback(lambda f: ticket.cancel() if f.cancelled() else None)
+        return fut

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from generators.keys import parse_key
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -106,6 +108,10 @@ class TunnelCollector:
         in_flight = GaugeMetricFamily("tunnel_requests_in_flight", "Requests being answered now.", labels=["tunnel"])
         conns = GaugeMetricFamily("tunnel_connector_connections", "Live connector connections.", labels=["tunnel"])
         worker = CounterMetricFamily("tunnel_worker_errors", "Worker failures by kind.", labels=["tunnel", "kind"])
+        log_dropped = CounterMetricFamily("tunnel_worker_log_dropped_lines",
+                                          "Console lines of the tunnel's workers dropped beyond --worker-log-rate.",
+                                          labels=["tunnel"])
+        dropped = self._log_dropped()
         for name in names:
             stats = self.metrics.tunnels.get(name) or TunnelStats()
             for status, count in sorted(stats.origin_responses.items()):
@@ -124,9 +130,19 @@ class TunnelCollector:
             conns.add_metric([name], self.connections(name))
             for kind, count in sorted(stats.worker_errors.items()):
                 worker.add_metric([name, kind], count)
-        yield from (origin, edge, duration, bytes_in, bytes_out, in_flight, conns, worker)
+            log_dropped.add_metric([name], dropped.get(name, 0))
+        yield from (origin, edge, duration, bytes_in, bytes_out, in_flight, conns, worker, log_dropped)
         if self.only is None:
             yield from self._edge_wide()
+
+    def _log_dropped(self) -> dict[str, int]:
+        """Dropped console lines per tunnel, summed over its workers' keys."""
+        by_tunnel: dict[str, int] = {}
+        for key, count in ((self.loader_stats() or {}).get("log_dropped") or {}).items():
+            parsed = parse_key(key)
+            if parsed is not None and parsed[0] != "config":
+                by_tunnel[parsed[1]] = by_tunnel.get(parsed[1], 0) + count
+        return by_tunnel
 
     def _edge_wide(self) -> Iterable[Metric]:
         unknown = CounterMetricFamily("tunnel_unknown_host_requests", "Requests for a hostname no tunnel serves.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 
 from tunnel.errors import EdgeHTTPError
 from tunnel.http1 import REASONS
@@ -46,5 +47,7 @@ def render(error: EdgeHTTPError, request_id: str, accept: str | None,
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))),
                ("Cache-Control", "no-store"), ("Tunnel-Error", error.reason),
                ("X-Request-Id", request_id)]
+    if error.retry_after is not None:
+        headers.append(("Retry-After", str(max(1, math.ceil(error.retry_after)))))
     headers.extend(extra_headers or ())
     return error.status, REASONS.get(error.status, "Error"), headers, body

@@ -11,19 +11,19 @@ from typing import Any
 
 from aiohttp import web
 
+from generators.keys import parse_key
+from generators.routing import build_routing_table
 from tunnel.config import ConfigError, load_yaml, parse_config
 from tunnel.config.document import content_hash
 from tunnel.config.model import Config
+from tunnel.edge.admin import create_admin_app
+from tunnel.edge.connectors import HELLO_TIMEOUT, EdgeSession, HandshakeSlots, create_connector_app
 from tunnel.edge.metrics import EdgeMetrics, TunnelCollector, exposition
+from tunnel.edge.public import PublicProtocol, PublicSettings
+from tunnel.edge.registry import TunnelRegistry
 from tunnel.edge.versions import VersionManager, read_metrics_state, restore_metrics_state
 from tunnel.edge.workers import WorkerPipeline
 from tunnel.loader import Loader
-from tunnel.edge.admin import create_admin_app
-from tunnel.edge.connectors import HELLO_TIMEOUT, EdgeSession, HandshakeSlots, create_connector_app
-from tunnel.edge.public import PublicProtocol, PublicSettings
-from tunnel.edge.registry import TunnelRegistry
-from generators.keys import parse_key
-from generators.routing import build_routing_table
 from tunnel.protocol.frames import ErrorCode
 from tunnel.store import Store
 from tunnel.tls import CertPair, CertStore, TLSConfigError, is_loopback
@@ -52,6 +52,7 @@ class EdgeOptions:
     config_file: str | None = None  # becomes the next config version at start-up if it differs
     worker_cpu_ms: float = 50.0  # CPU per request of a tunnel's worker (503 beyond)
     worker_memory_mb: float = 64.0  # heap per worker isolate (503 beyond)
+    worker_log_rate: int = 65536  # console bytes per tunnel worker and second (dropped and counted beyond)
 
 
 class Edge:
@@ -67,7 +68,8 @@ class Edge:
         self.registry = TunnelRegistry()
         self.sessions: set[EdgeSession] = set()
         self.handshakes = HandshakeSlots()
-        self.loader = Loader(cpu_limit_ms=options.worker_cpu_ms, memory_limit_mb=options.worker_memory_mb)
+        self.loader = Loader(cpu_limit_ms=options.worker_cpu_ms, memory_limit_mb=options.worker_memory_mb,
+                             log_bytes_per_s=options.worker_log_rate)
         self.metrics = EdgeMetrics()
         self.config: Config = parse_config({})
         self.version = 0

@@ -163,7 +163,10 @@ class VersionManager:
         return {"active_version": edge.version, "connectors": sorted(connectors.values(), key=lambda c: c["id"])}
 
 
-_CUSTOM_AT = re.compile(r"custom/(?P<module>[^\s():]+):(?P<line>\d+):(?P<column>\d+)")
+#: Where a load error points into a custom module: under ``custom/`` in ``tunnel-<id>``, at the
+#: top in ``custom-<id>``.
+_CUSTOM_AT = {"tunnel": re.compile(r"custom/(?P<module>[^\s():]+):(?P<line>\d+):(?P<column>\d+)"),
+              "custom": re.compile(r"(?P<module>[^\s():/][^\s():]*):(?P<line>\d+):(?P<column>\d+)")}
 
 
 def _describe_failure(key: str, error: WorkerError) -> str:
@@ -174,9 +177,10 @@ def _describe_failure(key: str, error: WorkerError) -> str:
     if parsed is None or parsed[0] == "config":
         return f"{key}: {error.js_name}: {message}"
     kind, tunnel = parsed
-    path = f"tunnels.{tunnel}.worker" if kind == "tunnel" else f"tunnels.{tunnel}.metrics"
-    found = _CUSTOM_AT.search(message) or _CUSTOM_AT.search(str(error))
-    if kind == "tunnel" and found:
+    path = f"tunnels.{tunnel}.metrics" if kind == "metrics" else f"tunnels.{tunnel}.worker"
+    at = _CUSTOM_AT.get(kind)
+    found = at and (at.search(message) or at.search(str(error)))
+    if found:
         path = f"{path}.modules.{found['module']} (line {found['line']}, column {found['column']})"
         message = message.split("\n", 1)[0]
     return f"{path}: {error.js_name}: {message}"

@@ -15,22 +15,29 @@ as they arrive. Only bodies a worker reads are queued (bounded by the stream win
 from __future__ import annotations
 
 import asyncio
-import os
 import json
 import logging
-from collections import deque
+import os
 from typing import TYPE_CHECKING, Any
 
-from generators import (generate_config_worker, generate_metrics_worker, generate_tunnel_worker)
+from generators import generate_config_worker, generate_custom_worker, generate_metrics_worker, generate_tunnel_worker
 from generators.exposition import exchange as exchange_record
 from generators.exposition import merge_expositions, observed_headers
 from tunnel import http1
-from tunnel.edge.binding import NULL_BODY_STATUSES, ClientBody, TunnelBinding, TunnelBody, TunnelCall
-from tunnel.edge.exchange import Phase
 from tunnel.config.model import Config
 from tunnel.config.patterns import url_authority
-from tunnel.errors import (WorkerFailed, WorkerLimited)
-from tunnel.loader import CpuLimitExceeded, Loader, MemoryLimitExceeded, Request, Response, close_later
+from tunnel.edge.binding import (
+    NULL_BODY_STATUSES,
+    ClientBody,
+    CustomBinding,
+    TunnelBinding,
+    TunnelBody,
+    TunnelCall,
+    worker_error,
+)
+from tunnel.edge.exchange import Phase
+from tunnel.errors import WorkerFailed, WorkerLimited
+from tunnel.loader import Loader, Request, Response, close_later
 from tunnel.protocol.messages import MAX_RESPONSE_HEAD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,27 +86,34 @@ class WorkerPipeline:
         self._pending: dict[str, list[dict]] = {}
         self._flusher: asyncio.Task | None = None
         self._generated: dict[str, Any] = {}
-        self._limit_hits: dict[str, deque[float]] = {}
-        self._quarantined: dict[str, float] = {}
         self._factories: dict[str, Any] = {}
         self._tunnel_keys: dict[str, str] = {}
+        self._custom_keys: dict[str, str] = {}
         self._metrics_keys: dict[str, str] = {}
         self.ready = asyncio.Event()  # set once metrics state has moved over (see Edge)
         for name, tunnel in config.tunnels.items():
-            if tunnel.needs_worker:
-                self._tunnel_keys[name] = self._add(generate_tunnel_worker(tunnel), TunnelBinding(self, name), name)
+            limits = tunnel.worker.limits if tunnel.worker is not None else None
+            extra = self.extra_env.get(name, {})
+            custom = generate_custom_worker(tunnel)
+            if custom is not None:  # the policy runs apart, trusted; the custom code behind env.CUSTOM
+                self._custom_keys[name] = self._add(custom, {**extra, "TUNNEL": TunnelBinding(self, name)}, limits)
+                self._tunnel_keys[name] = self._add(generate_tunnel_worker(tunnel), {
+                    "TUNNEL": TunnelBinding(self, name), "CUSTOM": CustomBinding(self, name)})
+            elif tunnel.needs_worker:
+                self._tunnel_keys[name] = self._add(generate_tunnel_worker(tunnel),
+                                                    {**extra, "TUNNEL": TunnelBinding(self, name)}, limits)
             if tunnel.metrics:
-                self._metrics_keys[name] = self._add(generate_metrics_worker(tunnel), None, name)
+                self._metrics_keys[name] = self._add(generate_metrics_worker(tunnel), None)
                 self._observed[name] = observed_headers(tunnel)
 
     # ------------------------------------------------------------------ stubs
-    def _add(self, generated, binding: "TunnelBinding | None", name: str) -> str:
+    def _add(self, generated, env: dict[str, Any] | None, limits: Any = None) -> str:
         """Remember a generated worker and its factory; nothing is loaded until asked."""
         self._generated[generated.key] = generated
-        extra = self.extra_env.get(name, {}) if binding is not None else {}
+        limits = dict(limits) if limits else None
 
         async def factory():
-            return generated.to_worker_code(env={**extra, "TUNNEL": binding} if binding is not None else None)
+            return generated.to_worker_code(env=env, limits=limits)
 
         self._factories[generated.key] = factory
         return generated.key
@@ -145,11 +159,6 @@ class WorkerPipeline:
         """Hand a public request (``headers``: as it would be forwarded) to its tunnel's worker;
         the answer goes to the client (``WorkerCall``)."""
         tunnel = exchange.tunnel
-        left = self.quarantined(tunnel)
-        if left:
-            exchange.stats.count_worker_error("Quarantined")
-            exchange.fail(WorkerLimited(f"the tunnel's worker keeps exceeding its limits; retry in {left:.0f} s"))
-            return
         scheme = exchange.proto.scheme
         request = Request._checked(
             exchange.method, f"{scheme}://{url_authority(host)}{exchange.target}", headers,
@@ -162,33 +171,10 @@ class WorkerPipeline:
         key = self._metrics_keys.get(tunnel)
         return self._stub(key) if key is not None else None
 
-    # ------------------------------------------------------------------ runaway protection
-    QUARANTINE_HITS = 3  # limit errors ...
-    QUARANTINE_WINDOW = 10.0  # ... within this many seconds ...
-    QUARANTINE_SECONDS = 5.0  # ... answer 503 at once for this long, without running the worker
-
-    def quarantined(self, tunnel: str) -> float:
-        """Seconds left in ``tunnel``'s quarantine (0 when its worker may run)."""
-        until = self._quarantined.get(tunnel)
-        if until is None:
-            return 0.0
-        left = until - asyncio.get_running_loop().time()
-        if left <= 0:
-            del self._quarantined[tunnel]
-            return 0.0
-        return left
-
-    def limit_hit(self, tunnel: str) -> None:
-        """A request of ``tunnel`` hit a CPU or memory limit. After a few in a short time the
-        tunnel is quarantined, so a runaway stops taking shard CPU from other tunnels."""
-        now = asyncio.get_running_loop().time()
-        hits = self._limit_hits.setdefault(tunnel, deque(maxlen=self.QUARANTINE_HITS))
-        hits.append(now)
-        if len(hits) == self.QUARANTINE_HITS and now - hits[0] <= self.QUARANTINE_WINDOW:
-            self._quarantined[tunnel] = now + self.QUARANTINE_SECONDS
-            hits.clear()
-            log.warning("tunnel %s: worker hit its limits %d times in %.0f s; answering 503 for %.0f s",
-                        tunnel, self.QUARANTINE_HITS, self.QUARANTINE_WINDOW, self.QUARANTINE_SECONDS)
+    def custom_worker(self, tunnel: str):
+        """The stub of ``custom-<id>`` (custom code beside a policy), or None."""
+        key = self._custom_keys.get(tunnel)
+        return self._stub(key) if key is not None else None
 
     def register(self, exchange: "Exchange") -> str:
         """Make ``exchange`` findable by the binding (through ``request.cf.edgeExchange``). The
@@ -311,13 +297,7 @@ class WorkerCall:
         if error is None:
             respond(exchange, response)
             return
-        kind = type(error).__name__
-        exchange.stats.count_worker_error(kind)
-        log.warning("tunnel %s request %s: worker %s: %s", exchange.tunnel, exchange.request_id, kind, error)
-        if isinstance(error, (CpuLimitExceeded, MemoryLimitExceeded)):
-            self.pipeline.limit_hit(exchange.tunnel)
-        error_class = WorkerLimited if getattr(error, "status", 500) == 503 else WorkerFailed
-        exchange.fail(error_class(f"{kind}: {getattr(error, 'js_message', '') or error}"))
+        exchange.fail(worker_error(exchange, error))
 
 
 _RESPONSE_DROP = frozenset({"x-request-id", "content-length"})

@@ -8,19 +8,20 @@ Public API (see docs/loader.md)::
     response = await worker.fetch(Request("GET", "http://web.localhost/x"))
 """
 
+from .bridge import close_later
 from .errors import (
     CpuLimitExceeded,
     MemoryLimitExceeded,
     WorkerError,
     WorkerLoadError,
+    WorkerQuarantined,
     WorkerScriptError,
     WorkerUnavailable,
 )
-from .bridge import close_later
 from .http_types import BodyTooLarge, Request, Response, WorkerCode
 from .loader import Loader, PreparedWorker, Ticket, WorkerStub
 
 __all__ = [
     "BodyTooLarge", "CpuLimitExceeded", "Loader", "MemoryLimitExceeded", "PreparedWorker", "Request", "Response", "Ticket",
-    "WorkerCode", "WorkerError", "WorkerLoadError", "WorkerScriptError", "WorkerStub", "WorkerUnavailable", "close_later",
+    "WorkerCode", "WorkerError", "WorkerLoadError", "WorkerQuarantined", "WorkerScriptError", "WorkerStub", "WorkerUnavailable", "close_later",
 ]

@@ -23,7 +23,6 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-
 from .http_types import BodyTooLarge, Request, Response, WorkerCode, body_is_empty, read_body
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,13 +62,14 @@ class Req:
     the response or the error), and the handles and header lists it owns. ``request`` is what the
     caller passed (its ``cf`` is what the runtime sends back as 0)."""
 
-    __slots__ = ("rid", "done", "handles", "started", "request", "answered", "response")
+    __slots__ = ("rid", "done", "handles", "started", "request", "answered", "response", "ticket")
 
     def __init__(self, rid: int, done: Done, request: Request | None = None):
         self.rid, self.done, self.handles, self.request = rid, done, [], request
         self.started = time.monotonic()
         self.answered = False
         self.response: Response | None = None
+        self.ticket: Any = None  # the loader's Ticket, which may send the request elsewhere
 
     def settle(self, response: "Response | None", error: "BaseException | None" = None) -> None:
         """Give the caller the answer (only the first one counts)."""

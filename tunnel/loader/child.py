@@ -21,7 +21,7 @@ from .handlers import Child
 from .protocol import _HEAD, FrameBuffer, encode
 
 _PROGRESS_S = 0.005
-_SEQ = struct.Struct("<Q")
+_WORK = struct.Struct("<Qd")  # shard.WORK: seq being handled, monotonic time it started
 
 
 def reply(seq: int, out: list, js: list) -> bytes:
@@ -49,9 +49,10 @@ def main(fd: int, current_fd: int = -1) -> None:
     long (every ``_PROGRESS_S``), so the loader's watchdog sees progress.
     """
     sock = socket.socket(fileno=fd)
-    # the seq of the message being worked on, in memory shared with the loader: if the watchdog has
-    # to kill this process it knows exactly which request was running
-    current = mmap.mmap(current_fd, 8) if current_fd >= 0 else None
+    # the seq of the message being worked on and when it started (0: idle), in memory shared with
+    # the loader: it sees a long message at once (and moves other keys away), and if it has to
+    # kill this process it knows exactly which request was running
+    current = mmap.mmap(current_fd, _WORK.size) if current_fd >= 0 else None
     frames = FrameBuffer()
     child = Child()
     fast = enable_bytecode()
@@ -74,11 +75,13 @@ def main(fd: int, current_fd: int = -1) -> None:
         for header, blob in frames.feed(data):
             seq = header.get("seq", seq)
             if current is not None and seq is not None:
-                _SEQ.pack_into(current, 0, seq)
+                _WORK.pack_into(current, 0, seq, clock())
             child.handle(header, blob, out, js)
             if clock() - last > _PROGRESS_S:
                 sock.sendall(reply(seq, out, js))
                 out, js, last = [], [], clock()
+        if current is not None and seq is not None:
+            _WORK.pack_into(current, 0, seq, 0.0)
         if seq is not None and (out or js or clock() - last <= _PROGRESS_S):
             sock.sendall(reply(seq, out, js))
 

@@ -9,8 +9,10 @@ The whole tree hangs from one root so the edge can catch it once::
     ├── CpuLimitExceeded         503  one invocation used more CPU than ``cpu_limit_ms``
     ├── MemoryLimitExceeded      503  the isolate ran out of its ``memory_limit_mb``
     └── WorkerUnavailable        503  the isolate or its shard was discarded under this request
-                                      (another request on it hit a limit, the shard was killed
-                                      by the watchdog, or the loader was closed)
+        │                             (another request on it hit a limit, the shard was killed
+        │                             by the watchdog, or the loader was closed)
+        └── WorkerQuarantined    503  the key keeps hitting its limits (or got its shard killed):
+                                      refused without running for a while (``retry_after`` s)
 
 Every error carries the JavaScript error's name and message (``js_name``, ``js_message``)
 and shows them in ``str(error)``. Turning an error into a response is the edge's job.
@@ -68,11 +70,20 @@ class WorkerUnavailable(WorkerError):
     status = 503
 
 
+class WorkerQuarantined(WorkerUnavailable):
+    """The key is refused for a while: it kept hitting its limits, or got its shard killed."""
+
+    def __init__(self, message: str, *, retry_after: float, key: str | None = None):
+        super().__init__(message, js_name="Error", js_message="quarantined", key=key)
+        self.retry_after = retry_after
+
+
 def error_from_wire(kind: str, name: str, message: str, key: str | None, stack: str = "") -> WorkerError:
     """Build the right ``WorkerError`` subclass from a shard report.
 
     Args:
-        kind: ``"load"``, ``"script"``, ``"cpu"``, ``"memory"`` or ``"unavailable"``.
+        kind: ``"load"``, ``"script"``, ``"cpu"``, ``"kill"`` (its message hung the shard), ``"memory"``
+            or ``"unavailable"``.
         name: JavaScript error name.
         message: JavaScript error message.
         key: worker key.
@@ -84,6 +95,7 @@ def error_from_wire(kind: str, name: str, message: str, key: str | None, stack: 
         "load": WorkerLoadError,
         "script": WorkerScriptError,
         "cpu": CpuLimitExceeded,
+        "kill": CpuLimitExceeded,
         "memory": MemoryLimitExceeded,
     }.get(kind, WorkerUnavailable)
     text = f"{name}: {message}" if message else name

@@ -1,9 +1,8 @@
-"""The message handlers that own isolates: what a shard process runs, and the local host too.
+"""The message handlers that own isolates: what a shard process runs.
 
 ``Child`` takes the loader's messages (load, req, done, cancel, drop) for the isolates it owns and
 appends what comes back: loader events (dicts) and runtime events as ``(wid, rid, JSON text)``.
-It does no I/O; ``child.main`` feeds it from a socket in a shard process, ``local.LocalHost``
-calls it directly.
+It does no I/O; ``child.main`` feeds it from the socket of a shard process.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""Where isolates live, seen from the event loop: the part every host shares.
+"""Isolates seen from the event loop: the part of a shard that is not about its process.
 
 An ``IsolateHost`` keeps the loader's view of its isolates (``bridge.Instance``), the requests in
-flight on them, and runs the host operations ("ops") their JavaScript asks for. Two hosts exist:
-
-- ``shard.Shard``: a shard process (``python -m tunnel.loader.child``) behind a Unix socket, for
-  code that must be isolated from the edge (anything a user wrote);
-- ``local.LocalHost``: isolates in this very process, driven on the event loop thread, for code
-  the host itself generated (``WorkerCode.trusted``): no process hop per request.
-
-Both speak the same messages to the same ``child.Child`` handlers; a subclass only says how a
-message reaches them (``_send``, ``_send_req``, ``_send_done``) and hands what comes back to
-``_deliver``.
+flight on them, and runs the host operations ("ops") their JavaScript asks for. ``shard.Shard``
+adds the process, the framing and the watchdog; the messages it carries go to the same
+``handlers.Child`` in the shard process. Subclasses say how a message reaches the child
+(``_send``, ``_send_req``, ``_send_done``) and hand what comes back to ``_deliver``.
 """
 
 from __future__ import annotations
@@ -22,8 +16,19 @@ import logging
 from functools import partial
 from typing import Callable
 
-from .bridge import (Done, Instance, Limits, Pending, Req, add_base, add_handle, close_later, release_handles, response_from_wire,
-                     start_op)
+from .bridge import (
+    Done,
+    Instance,
+    Limits,
+    Pending,
+    Req,
+    add_base,
+    add_handle,
+    close_later,
+    release_handles,
+    response_from_wire,
+    start_op,
+)
 from .errors import WorkerError, WorkerLoadError, WorkerUnavailable, error_from_wire
 from .http_types import Request, Response, WorkerCode, body_is_empty
 
@@ -31,6 +36,10 @@ log = logging.getLogger("tunnel.loader")
 worker_log = logging.getLogger("tunnel.loader.worker")
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _MAX_CANCELLED = 1024
+
+
+def _log(inst: Instance, level: int, text: str) -> None:
+    worker_log.log(level, "[%s] %s", inst.key, text)
 _loads = json.JSONDecoder().decode
 _dumps = json.JSONEncoder().encode  # ASCII JSON: what reaches JavaScript never carries a lone surrogate
 
@@ -41,14 +50,17 @@ class IsolateHost:
     Args:
         index: host number (for logs).
         limits: default isolate limits (a worker's own ``WorkerCode.limits`` override them).
-        on_dead: called with an ``Instance`` the host discarded (limit hit, crash, kill).
+        on_dead: called with an ``Instance`` the host discarded and why (``cpu``, ``memory``,
+            ``kill``, ``script``, ``unavailable``, ``load``).
         on_memory: called when an isolate reports its heap size.
     """
 
-    def __init__(self, index: int, limits: Limits, on_dead: Callable[[Instance], None],
+    def __init__(self, index: int, limits: Limits, on_dead: Callable[[Instance, str], None],
                  on_memory: Callable[[Instance], None]):
         self.index, self.limits = index, limits
         self.on_dead, self.on_memory = on_dead, on_memory
+        self.on_log: Callable[[Instance, int, str], None] = _log  # the loader bounds it per key
+        self.on_log_dropped: Callable[[Instance, int], None] = lambda inst, lines: None
         self.instances: dict[int, Instance] = {}
         self._ids = itertools.count(1)
         self.closed = False
@@ -171,7 +183,7 @@ class IsolateHost:
             inst.tasks[started] = ev
             started.add_done_callback(partial(self._op_done, inst, turn_rid))
         elif t == "log":
-            worker_log.log(_LOG_LEVELS.get(ev.get("l"), logging.INFO), "[%s] %s", inst.key, ev.get("m", ""))
+            self.on_log(inst, _LOG_LEVELS.get(ev.get("l"), logging.INFO), str(ev.get("m", "")))
         elif t == "logdrop":
             self.on_log_dropped(inst, int(ev.get("n", 0)))
 
@@ -196,7 +208,7 @@ class IsolateHost:
         for task in inst.tasks:
             task.cancel()
         if was_alive or kind != "load":
-            self.on_dead(inst)
+            self.on_dead(inst, kind)
 
     def _end(self, inst: Instance, rid: int) -> None:
         req = inst.inflight.pop(rid, None)
@@ -226,8 +238,6 @@ class IsolateHost:
             p = message.pop("p", None)
             self._send_done(inst, rid, _dumps(message), blob, p)
 
-    def on_log_dropped(self, inst: Instance, lines: int) -> None:
-        """The runtime dropped ``lines`` console lines over its rate (the loader counts them)."""
 
     # ------------------------------------------------------------------ public
     async def load(self, key: str, code: WorkerCode, timeout: float) -> Instance:
@@ -292,8 +302,7 @@ class IsolateHost:
 
     def submit(self, inst: Instance, request: Request, done: Done) -> Req:
         """Start ``request`` on ``inst``; ``done(response, error)`` is called exactly once with the
-        worker's ``Response`` or a ``WorkerError`` — maybe before this returns (a local isolate
-        that answers in its first turn). Returns the request's record, for ``cancel``.
+        worker's ``Response`` or a ``WorkerError``. Returns the request's record, for ``cancel``.
 
         Raises:
             WorkerUnavailable: the isolate is gone or the host is down (``done`` is not called).

@@ -15,6 +15,8 @@ from typing import Any, Union
 
 from multidict import CIMultiDict
 
+from tunnel.config.model import WORKER_LIMIT_RANGES
+
 Body = Union[bytes, bytearray, memoryview, AsyncIterable[bytes], None]
 HeadersInit = Union[Mapping[str, str], Iterable[tuple[str, str]], CIMultiDict, None]
 
@@ -195,8 +197,6 @@ class Response(_Message):
 
 
 _MODULE_KINDS = ("js", "cjs", "text", "json", "data")
-#: What a worker's own ``limits`` may ask for.
-LIMIT_RANGES = {"cpu_ms": (1, 60_000), "memory_mb": (4, 2048)}
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,9 @@ class WorkerCode:
             ``async fetch(request) -> Response``.
         limits: this worker's own limits, overriding the loader's defaults:
             ``{"cpu_ms": N, "memory_mb": M}`` (either key may be left out).
-        trusted: code the host itself wrote (generated, never a user's): it runs in the loader's
-            own process, on the event loop thread, without a process hop per request
-            (``local.LocalHost``). A native operation QuickJS cannot interrupt would then stall
-            the event loop: never set it for code a user supplied.
+        trusted: code the host itself wrote (generated, never a user's). It runs in the loader's
+            trusted shards, which never run a user's JavaScript, so no tenant's code can stall or
+            kill the process that holds it, nor the state it keeps (``pool``).
     Errors:
         ``validate()`` raises ``TypeError`` for malformed code; the loader reports it as a load error.
     """
@@ -266,10 +265,10 @@ class WorkerCode:
         if self.global_outbound is not None and not callable(getattr(self.global_outbound, "fetch", None)):
             raise TypeError("global_outbound must be None or an object with an async fetch(request) method")
         if self.limits is not None:
-            if not isinstance(self.limits, Mapping) or not set(self.limits) <= set(LIMIT_RANGES):
-                raise TypeError(f"limits must be a mapping with keys among {sorted(LIMIT_RANGES)}")
+            if not isinstance(self.limits, Mapping) or not set(self.limits) <= set(WORKER_LIMIT_RANGES):
+                raise TypeError(f"limits must be a mapping with keys among {sorted(WORKER_LIMIT_RANGES)}")
             for name, value in self.limits.items():
-                low, high = LIMIT_RANGES[name]
+                low, high = WORKER_LIMIT_RANGES[name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                     raise TypeError(f"limits.{name} must be a number from {low} to {high}, not {value!r}")
 

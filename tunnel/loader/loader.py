@@ -1,29 +1,36 @@
 """``Loader``: key → worker cache with Worker Loader semantics (single flight, failure memory,
-LRU/memory/idle eviction) over isolates that live in shard processes (see ``shard``).
+LRU/memory/idle eviction) over isolates that live in shard processes (``pool``, ``shard``).
 
 The loader never runs JavaScript on the event loop thread, and never changes the code of a
 cached key: new code for a key needs ``evict(key)`` (requests running on the old isolate finish
 on it). A limit hit discards the isolate; the next request reloads it from the cached code
-without running the factory again.
+without running the factory again. A key that keeps hitting its limits, or whose code got its
+shard killed, is refused for a while (``WorkerQuarantined``); its console output is bounded too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
-import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Awaitable, Callable
 
-from .errors import WorkerError, WorkerLoadError, WorkerUnavailable
-from .http_types import DEFAULT_MAX_BODY_BYTES, Request, Response, WorkerCode
 from .bridge import Done, Instance, Limits, Req
-from .host import IsolateHost
-from .local import LocalHost
+from .errors import WorkerError, WorkerLoadError, WorkerQuarantined, WorkerUnavailable
+from .http_types import DEFAULT_MAX_BODY_BYTES, Request, Response, WorkerCode
+from .pool import BUSY_AFTER_S, ShardPool
 from .shard import Shard
 
 Factory = Callable[[], Awaitable[WorkerCode]]
+log = logging.getLogger("tunnel.loader")
+worker_log = logging.getLogger("tunnel.loader.worker")
+
+#: Limit hits (CPU, memory) within STRIKE_WINDOW_S that quarantine a key for QUARANTINE_S.
+STRIKES, STRIKE_WINDOW_S, QUARANTINE_S = 3, 10.0, 5.0
+#: A second kill of a shard by the same key within KILL_WINDOW_S quarantines it for KILL_QUARANTINE_S.
+KILL_WINDOW_S, KILL_QUARANTINE_S = 300.0, 60.0
 
 
 class _Entry:
@@ -77,65 +84,82 @@ class WorkerStub:
             WorkerLoadError: the worker failed to load (also for every request while the failure
                 is remembered). WorkerScriptError: the handler threw or returned a non-Response.
             CpuLimitExceeded / MemoryLimitExceeded: a limit was hit (the isolate was discarded).
-            WorkerUnavailable: the isolate was discarded under this request, or the loader is closed.
+            WorkerUnavailable: the isolate was discarded under this request, or the loader is
+                closed; WorkerQuarantined: the key is refused for a while.
         Cancelling the call (e.g. ``asyncio.wait_for``'s timeout) abandons the request: the loader
         and its isolate forget it (pending host operations, body handles, its timers).
         """
-        loader = self._loader
-        entry = loader._entry(self.key, self._factory, count=False)
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(response: Response | None, error: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(error) if error is not None else fut.set_result(response)
+
+        ticket = self.submit(request, done)
         try:
-            inst = entry.instance
-            if inst is None or not inst.alive or entry.error is not None:
-                inst = await loader._ready(entry)
-            entry.last_used = time.monotonic()
-            return await inst.shard.fetch(inst, request)
-        except WorkerError as exc:
-            loader._count_error(exc)
+            return await fut
+        except asyncio.CancelledError:  # the caller gave up (e.g. asyncio.wait_for's timeout)
+            ticket.cancel()
             raise
 
     def submit(self, request: Request, done: Done) -> "Ticket":
         """``fetch`` without a coroutine: start the request and call ``done(response, error)``
         exactly once, with the worker's ``Response`` or a ``WorkerError`` (as ``fetch`` raises
-        them) — at once when the isolate answers in its first turn. Cancel with the ``Ticket``.
-        For callers that drive many requests from callbacks (the edge): no task, no future.
+        them). Cancel with the ``Ticket``. For callers that drive many requests from callbacks
+        (the edge): no task, no future, when the worker is loaded.
         """
-        loader = self._loader
-        ticket = Ticket(loader, done)
-        try:
-            entry = loader._entry(self.key, self._factory, count=False)
-        except WorkerError as exc:
-            ticket.finish(None, exc)
-            return ticket
-        inst = entry.instance
-        if inst is not None and inst.alive and entry.error is None:
-            entry.last_used = time.monotonic()
-            ticket.start(inst, request)
-        else:
-            ticket.task = asyncio.get_running_loop().create_task(ticket.after_load(entry, request))
+        ticket = Ticket(self._loader, self.key, self._factory, request, done)
+        ticket.go()
         return ticket
 
 
 class Ticket:
     """A request started with ``WorkerStub.submit``; ``cancel()`` abandons it (``done`` is then
-    never called)."""
+    never called). The loader may send it again to another isolate of its key, as long as none of
+    its code has run (its shard became busy with another key's message)."""
 
-    __slots__ = ("_loader", "_done", "inst", "req", "task", "cancelled")
+    __slots__ = ("_loader", "key", "_factory", "request", "_done", "inst", "req", "task", "cancelled")
 
-    def __init__(self, loader: "Loader", done: Done):
-        self._loader, self._done = loader, done
+    def __init__(self, loader: "Loader", key: str, factory: Factory, request: Request, done: Done):
+        self._loader, self.key, self._factory, self.request, self._done = loader, key, factory, request, done
         self.inst: Instance | None = None
         self.req: Req | None = None
         self.task: asyncio.Task | None = None
         self.cancelled = False
 
-    def start(self, inst: Instance, request: Request) -> None:
+    def go(self) -> None:
+        """Send the request to the key's isolate (after loading it, when it is not there)."""
+        loader = self._loader
+        try:
+            entry = loader._entry(self.key, self._factory, count=False)
+        except WorkerError as exc:
+            self.finish(None, exc)
+            return
+        left = loader.quarantined(self.key)
+        if left:
+            self.finish(None, WorkerQuarantined(
+                f"worker {self.key!r} keeps exceeding its limits; refused for {left:.0f} s more",
+                retry_after=left, key=self.key))
+            return
+        inst = entry.instance
+        if inst is not None and inst.alive and entry.error is None:
+            if loader._pool.should_move(inst):
+                loader._move(entry)
+            else:
+                entry.last_used = time.monotonic()
+                self._start(inst)
+                return
+        self.task = asyncio.get_running_loop().create_task(self._after_load(entry))
+
+    def _start(self, inst: Instance) -> None:
         self.inst = inst
         try:
-            self.req = inst.shard.submit(inst, request, self.finish)
+            self.req = inst.shard.submit(inst, self.request, self.finish)
+            self.req.ticket = self
         except WorkerError as exc:
             self.finish(None, exc)
 
-    async def after_load(self, entry: _Entry, request: Request) -> None:
+    async def _after_load(self, entry: _Entry) -> None:
         try:
             inst = await self._loader._ready(entry)
         except WorkerError as exc:
@@ -144,7 +168,16 @@ class Ticket:
         self.task = None
         if not self.cancelled:
             entry.last_used = time.monotonic()
-            self.start(inst, request)
+            self._start(inst)
+
+    def resend(self) -> None:
+        """Take the request back from its isolate (nothing of it ran) and send it again."""
+        inst, req = self.inst, self.req
+        if self.cancelled or inst is None or req is None:
+            return
+        inst.shard.cancel(inst, req)
+        self.inst = self.req = None
+        self.go()
 
     def finish(self, response: Response | None, error: BaseException | None) -> None:
         if self.cancelled:
@@ -164,12 +197,30 @@ class Ticket:
             self.inst.shard.cancel(self.inst, self.req)
 
 
+class _Strikes:
+    """What a key did to get quarantined: limit hits and shard kills, with their times."""
+
+    __slots__ = ("hits", "kills", "until")
+
+    def __init__(self, strikes: int) -> None:
+        self.hits: deque[float] = deque(maxlen=strikes)
+        self.kills: deque[float] = deque(maxlen=2)
+        self.until = 0.0
+
+
+class _LogBudget:
+    __slots__ = ("tokens", "stamp", "dropped", "warned")
+
+    def __init__(self, burst: float):
+        self.tokens, self.stamp, self.dropped, self.warned = burst, time.monotonic(), 0, 0.0
+
+
 class Loader:
     """Cache of workers keyed by string, each in its own QuickJS runtime.
 
     Args:
         cpu_limit_ms: CPU time per request (all its turns together); exceeding it raises
-            ``CpuLimitExceeded`` and discards the isolate.
+            ``CpuLimitExceeded`` and discards the isolate. ``WorkerCode.limits`` may set its own.
         memory_limit_mb: heap limit per isolate; exceeding it raises ``MemoryLimitExceeded``.
         max_workers: cached workers beyond this are evicted, least recently used first.
         memory_budget_mb: total isolate heap beyond which LRU workers are evicted.
@@ -178,34 +229,56 @@ class Loader:
         load_timeout_s: bound on the factory plus module evaluation.
         load_cpu_limit_ms: CPU time for evaluating the modules of a worker.
         max_body_bytes: largest body a worker may read into memory with text()/json()/arrayBuffer().
-        shards: number of shard processes (default: CPU count).
-        hang_timeout_s: a shard that has work and answers nothing this long is killed and restarted
-            (default: ``max(1.5, 3 × max(cpu_limit, load_cpu_limit))`` seconds). The CPU limit stops
-            ordinary runaways long before; the watchdog is for native operations QuickJS cannot interrupt.
+        shards: shard processes for untrusted code (default: CPU count), plus one spare.
+        trusted_shards: shard processes for trusted code (``WorkerCode.trusted``; default 1).
+        hang_timeout_s: a message that keeps its shard longer than this gets the shard killed and
+            restarted (default, per isolate: ``max(1, 3 × max(cpu limit, load cpu limit)) + 0.5`` s).
+            The CPU limit stops ordinary runaways long before; the watchdog is for native
+            operations QuickJS cannot interrupt. The key blamed for a kill is quarantined on its
+            second one.
+        log_bytes_per_s: console output a key may write per second (bursts of 4 s); lines beyond
+            are dropped and counted (``stats()["log_dropped"]``).
+        busy_after_s: a shard running one message longer than this is busy: other keys move away.
+        quarantine_after: this many limit hits of a key within 10 s refuse it for 5 s
+            (``WorkerQuarantined``), and so does its second shard kill, for 60 s; 0: never.
     """
 
     def __init__(self, *, cpu_limit_ms: float = 50, memory_limit_mb: float = 64, max_workers: int = 1000,
                  memory_budget_mb: float = 1024, idle_s: float = 300.0, failure_ttl_s: float = 5.0,
                  load_timeout_s: float = 10.0, load_cpu_limit_ms: float = 400,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None,
-                 hang_timeout_s: float | None = None):
-        if cpu_limit_ms <= 0 or memory_limit_mb <= 0 or max_workers < 1 or shards is not None and shards < 1:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None, trusted_shards: int = 1,
+                 hang_timeout_s: float | None = None, log_bytes_per_s: int = 65536,
+                 busy_after_s: float = BUSY_AFTER_S, quarantine_after: int = STRIKES):
+        if (cpu_limit_ms <= 0 or memory_limit_mb <= 0 or max_workers < 1 or shards is not None and shards < 1
+                or trusted_shards < 1 or log_bytes_per_s < 1):
             raise ValueError("limits must be positive")
         self.max_workers = max_workers
         self.memory_budget = int(memory_budget_mb * 1024 * 1024)
         self.idle_s, self.failure_ttl_s, self.load_timeout_s = idle_s, failure_ttl_s, load_timeout_s
+        self.log_bytes_per_s = log_bytes_per_s
+        self.quarantine_after = quarantine_after
         limits = Limits(cpu_limit_ms / 1000.0, int(memory_limit_mb * 1024 * 1024), load_cpu_limit_ms / 1000.0,
                         max_body_bytes)
-        hang = hang_timeout_s if hang_timeout_s is not None else max(1.5, 3 * max(cpu_limit_ms, load_cpu_limit_ms) / 1000.0)
-        n = shards or os.cpu_count() or 1
-        self._shards = [Shard(i, limits, hang, self._on_dead, self._on_memory) for i in range(n)]
-        self._local = LocalHost(-1, limits, self._on_dead, self._on_memory)  # trusted code (WorkerCode.trusted)
+
+        def hang_s(lim: Limits) -> float:
+            return hang_timeout_s if hang_timeout_s is not None else max(1.0, 3 * max(lim.cpu_s, lim.load_cpu_s)) + 0.5
+
+        self._pool = ShardPool(limits, shards or os.cpu_count() or 1, trusted_shards, hang_s, self._on_dead,
+                               self._on_memory, self._on_kill, busy_after_s, setup=self._setup_shard)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0,
                        "load_seconds": 0.0}
         self._errors: dict[str, int] = {}
+        self._strikes: dict[str, _Strikes] = {}
+        self._logs: dict[str, _LogBudget] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def _setup_shard(self, shard: Shard) -> None:
+        shard.on_busy = self._on_busy
+        shard.on_log = self._log
+        shard.on_log_dropped = self._log_dropped
+        shard.log_rate = self.log_bytes_per_s
 
     # ------------------------------------------------------------------ public
     def get(self, key: str, factory: Factory) -> WorkerStub:
@@ -234,7 +307,19 @@ class Loader:
         if entry is None:
             return False
         self._retire(entry)
+        self._pool.forget(key)
         return True
+
+    def quarantined(self, key: str) -> float:
+        """Seconds ``key`` is still refused for (0 when it may run)."""
+        strikes = self._strikes.get(key)
+        if strikes is None or not strikes.until:
+            return 0.0
+        left = strikes.until - time.monotonic()
+        if left <= 0:
+            strikes.until = 0.0
+            return 0.0
+        return left
 
     def stats(self) -> dict[str, Any]:
         """Counters and live state.
@@ -242,32 +327,37 @@ class Loader:
         Returns:
             ``{"hits", "misses", "loads", "load_failures", "evictions", "reloads", "load_seconds" (sum of
             factory-to-ready times of successful loads), "errors": {WorkerError subclass name: count},
-            "workers", "memory_bytes", "shards": [...], "local": {"isolates", "bytecode"},
-            "per_worker": {key: {"memory_bytes", "requests", "idle_s", "limits": {"cpu_ms", "memory_mb"},
-            "placement": "local" or "shard N"}}}``.
+            "workers", "memory_bytes", "moves" (keys moved off a busy shard), "quarantined": {key: seconds
+            left}, "log_dropped": {key: console lines dropped}, "shards": [{"index", "group", "pid",
+            "isolates", "kills", "starts", "bytecode", "busy"}], "per_worker": {key: {"memory_bytes",
+            "requests", "idle_s", "limits": {"cpu_ms", "memory_mb"}, "shard"}}}``.
         """
         now = time.monotonic()
         live = {k: e for k, e in self._entries.items() if e.instance is not None and e.instance.alive}
+        spare = self._pool.spare
         return {
             **self._stats,
             "errors": dict(self._errors),
             "workers": len(live),
             "memory_bytes": sum(e.instance.memory for e in live.values()),
+            "moves": self._pool.moves,
+            "quarantined": {k: round(left, 1) for k in list(self._strikes) if (left := self.quarantined(k))},
+            "log_dropped": {k: b.dropped for k, b in self._logs.items() if b.dropped},
             "per_worker": {k: {"memory_bytes": e.instance.memory, "requests": e.instance.requests,
                                "idle_s": round(now - e.last_used, 3), "limits": e.instance.limits.as_dict(),
-                               "placement": "local" if e.instance.shard is self._local else
-                               f"shard {e.instance.shard.index}"} for k, e in live.items()},
-            "local": {"isolates": len(self._local.instances), "bytecode": self._local.bytecode},
-            "shards": [{"index": s.index, "pid": s.proc.pid if s.proc else None, "isolates": len(s.instances),
-                        "kills": s.kills, "starts": s.restarts,
-                        "bytecode": s.bytecode} for s in self._shards],
+                               "shard": e.instance.shard.index} for k, e in live.items()},
+            "shards": [{"index": s.index, "group": "spare" if s is spare else s.group,
+                        "pid": s.proc.pid if s.proc else None, "isolates": len(s.instances), "kills": s.kills,
+                        "starts": s.restarts, "bytecode": s.bytecode, "busy": s.busy_key() is not None}
+                       for s in self._pool.all],
         }
 
     async def prepare(self, key: str, factory: Factory) -> "PreparedWorker":
         """Load new code for ``key`` into a fresh isolate without touching the cache.
 
         For atomic version swaps: prepare every changed worker, then ``install`` them all (or
-        ``discard`` them all if one failed). Nothing is remembered on failure.
+        ``discard`` them all if one failed). Nothing is remembered on failure. Untrusted code is
+        prepared on the spare shard: code that hangs at top level only ever kills that one.
         Args:
             key: the worker key the code is for.
             factory: ``async () -> WorkerCode``; run once, now.
@@ -284,7 +374,8 @@ class Loader:
         except asyncio.TimeoutError:
             raise WorkerLoadError(f"worker {key!r}: the factory did not finish within {self.load_timeout_s}s",
                                   js_name="Error", js_message="factory timed out", key=key) from None
-        inst = await self._host_for(key, code).load(key, code, self.load_timeout_s)
+        host = self._pool.place(key, True) if code.trusted else self._pool.staging()
+        inst = await host.load(key, code, self.load_timeout_s)
         self._stats["loads"] += 1
         self._stats["load_seconds"] += time.perf_counter() - started
         return PreparedWorker(key, factory, code, inst)
@@ -306,6 +397,8 @@ class Loader:
         entry = _Entry(prepared.key, prepared.factory)
         entry.code, entry.instance = prepared.code, prepared.instance
         self._entries[prepared.key] = entry
+        if not prepared.code.trusted:
+            self._pool.adopt(prepared.instance.shard, prepared.key)
         if self._sweeper is None:
             self._arm_sweeper()
         self._enforce()
@@ -318,7 +411,7 @@ class Loader:
 
     async def start(self) -> None:
         """Start every shard process now (optional: they also start on first use)."""
-        await asyncio.gather(*(s.ensure_started() for s in self._shards))
+        await self._pool.start()
 
     async def aclose(self) -> None:
         """Stop the shard processes; requests still running fail with ``WorkerUnavailable``."""
@@ -329,9 +422,7 @@ class Loader:
             if entry.loading is not None and not entry.loading.done():
                 entry.loading.cancel()
         self._entries.clear()
-        for shard in self._shards:
-            await shard.close()
-        await self._local.close()
+        await self._pool.close()
 
     async def __aenter__(self) -> "Loader":
         return self
@@ -340,10 +431,27 @@ class Loader:
         await self.aclose()
 
     # ------------------------------------------------------------------ internals
-    def _host_for(self, key: str, code: WorkerCode) -> IsolateHost:
-        if code.trusted:
-            return self._local
-        return self._shards[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self._shards)]
+    def _host_for(self, key: str, code: WorkerCode) -> Shard:
+        return self._pool.place(key, code.trusted)
+
+    def _move(self, entry: _Entry) -> None:
+        """``entry``'s shard is busy with another key: its next request loads it elsewhere (the
+        requests running on the old isolate finish there)."""
+        self._retire(entry)
+
+    def _on_busy(self, shard: Shard) -> None:
+        """``shard`` has been running one message for a while: the requests of other keys still
+        queued behind it are sent to isolates of their keys elsewhere."""
+        message, _ = shard.working()
+        if message is None:
+            return
+        for inst, req in shard.queued(message[1]):
+            entry = self._entries.get(inst.key)
+            if entry is not None and entry.instance is inst:
+                self._move(entry)
+            ticket = getattr(req, "ticket", None)
+            if ticket is not None:
+                ticket.resend()
 
     def _entry(self, key: str, factory: Factory, count: bool) -> _Entry:
         if self._closed:
@@ -500,6 +608,7 @@ class Loader:
         if self._closed:
             return
         self._sweep(time.monotonic())
+        self._pool.retire_idle()
         if self._entries:
             self._arm_sweeper()
 
@@ -507,10 +616,74 @@ class Loader:
         name = type(exc).__name__
         self._errors[name] = self._errors.get(name, 0) + 1
 
-    def _on_dead(self, inst: Instance) -> None:
+    def _on_dead(self, inst: Instance, kind: str) -> None:
         entry = self._entries.get(inst.key)
         if entry is not None and entry.instance is inst:
             entry.instance = None
+        if kind in ("cpu", "memory"):
+            self._strike(inst.key)
 
     def _on_memory(self, inst: Instance) -> None:
         self._enforce()
+
+    def _on_kill(self, key: str) -> None:
+        """A shard was killed while it ran ``key``'s message: charged to ``key``, which is
+        quarantined at once on its second kill."""
+        if not self.quarantine_after:
+            return
+        strikes = self._strikes.get(key)
+        if strikes is None:
+            strikes = self._strikes[key] = _Strikes(self.quarantine_after)
+        now = time.monotonic()
+        strikes.kills.append(now)
+        if len(strikes.kills) == 2 and now - strikes.kills[0] <= KILL_WINDOW_S:
+            self._quarantine(key, strikes, KILL_QUARANTINE_S, "got its shard killed twice")
+        else:
+            self._strike(key)
+
+    def _strike(self, key: str) -> None:
+        """``key`` hit a limit; a few in a short time quarantine it, so a runaway stops taking CPU."""
+        if not self.quarantine_after:
+            return
+        strikes = self._strikes.get(key)
+        if strikes is None:
+            strikes = self._strikes[key] = _Strikes(self.quarantine_after)
+        now = time.monotonic()
+        strikes.hits.append(now)
+        if len(strikes.hits) == self.quarantine_after and now - strikes.hits[0] <= STRIKE_WINDOW_S:
+            self._quarantine(key, strikes, QUARANTINE_S,
+                             f"hit its limits {self.quarantine_after} times in {STRIKE_WINDOW_S:.0f} s")
+        if len(self._strikes) > 4 * self.max_workers:  # keys long gone: forget the oldest
+            del self._strikes[next(iter(self._strikes))]
+
+    def _quarantine(self, key: str, strikes: _Strikes, seconds: float, why: str) -> None:
+        strikes.until = time.monotonic() + seconds
+        strikes.hits.clear()
+        log.warning("worker %s %s; refusing its requests for %.0f s", key, why, seconds)
+
+    def _log(self, inst: Instance, level: int, text: str) -> None:
+        """A console line of ``inst``'s worker, within its key's budget (``log_bytes_per_s``)."""
+        rate = self.log_bytes_per_s
+        budget = self._logs.get(inst.key)
+        if budget is None:
+            budget = self._logs[inst.key] = _LogBudget(4.0 * rate)
+        now = time.monotonic()
+        budget.tokens = min(4.0 * rate, budget.tokens + (now - budget.stamp) * rate)
+        budget.stamp = now
+        size = len(text) + 64
+        if budget.tokens < size:
+            self._log_dropped(inst, 1)
+            return
+        budget.tokens -= size
+        worker_log.log(level, "[%s] %s", inst.key, text)
+
+    def _log_dropped(self, inst: Instance, lines: int) -> None:
+        budget = self._logs.get(inst.key)
+        if budget is None:
+            budget = self._logs[inst.key] = _LogBudget(4.0 * self.log_bytes_per_s)
+        budget.dropped += lines
+        now = time.monotonic()
+        if now - budget.warned >= 60.0:
+            budget.warned = now
+            log.warning("worker %s writes console output faster than %d bytes/s: lines are dropped (%d so far)",
+                        inst.key, self.log_bytes_per_s, budget.dropped)
