@@ -53,10 +53,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 HZ = os.sysconf("SC_CLK_TCK")
 HOSTNAME = "bench.localhost"
 CONNS = (1, 16, 64)
-PIPE_CONNS = (16, 64)           # levels of the pipeline and TLS tables
+PIPE_CONNS = (1, 16, 64)        # levels of the pipeline table
+TLS_CONNS = (16, 64)            # levels of the TLS table
 WRK_THREADS = 2
 CONFIG_TEMPLATE = Path(__file__).resolve().parent / "configs" / "pipeline.yaml"
 # (key, tunnel name, hostname, label, response header that proves the tunnel worker ran)
@@ -65,7 +68,16 @@ PIPELINE = (
     ("empty", "empty", "empty.bench.localhost", "empty policy (worker skipped)", None),
     ("rules20", "rules20", "rules20.bench.localhost", "20-rule policy", ("X-Bench-Policy", "rules20")),
     ("custom", "custom", "custom.bench.localhost", "custom JavaScript", ("X-Bench-Custom", "1")),
+    ("whole", "whole", "whole.bench.localhost", "whole pipeline (20 rules + 2 metrics + custom)",
+     ("X-Bench-Custom", "1")),
 )
+#: The two custom metrics of the `whole` tunnel (its policy and worker are rules20's and custom's).
+WHOLE_METRICS = [
+    {"name": "requests_by_route", "type": "counter", "help": "Requests by route template and status class.",
+     "labels": {"route": {"path_template": ["/1k.bin", "/big.bin"]}, "status": "status_class"}},
+    {"name": "route_duration_seconds", "type": "histogram", "help": "Edge-observed duration by route template.",
+     "buckets": [0.001, 0.005, 0.025, 0.1], "labels": {"route": {"path_template": ["/1k.bin"]}}},
+]
 
 REPORT_LUA = r"""
 -- wrk done() hook: one machine-readable line per run (latencies in ms).
@@ -263,6 +275,25 @@ def tunnel_cpu_s(pids: list[int]) -> float:
     return sum(cpu_ticks(p) for root in pids for p in tree(root)) / HZ
 
 
+def own_ticks(pid: int) -> int:
+    """utime+stime of one process alone (no children), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_split_s(edge: int, connector: int) -> dict[str, float]:
+    """CPU seconds so far by role: the edge's own process (its event loop), its loader shards
+    (descendants, and shards already reaped), the connector's process tree."""
+    edge_loop = own_ticks(edge)
+    return {"edge loop": edge_loop / HZ,
+            "shards": (sum(cpu_ticks(p) for p in tree(edge)) - edge_loop) / HZ,
+            "connector": sum(cpu_ticks(p) for p in tree(connector)) / HZ}
+
+
 def status_kb(pid: int, key: str) -> int:
     """VmRSS / VmHWM of pid plus its descendants, in KiB."""
     total = 0
@@ -300,6 +331,7 @@ class WrkResult:
     reqs: int
     errors: dict[str, int]
     cpu_us_per_req: float | None
+    cpu_split: dict[str, float] | None = None  # µs per request by role (cpu_split_s)
 
 
 @dataclass
@@ -395,7 +427,12 @@ class Bench:
         public, conn, admin = free_port(), free_port(), free_port()
         data = self.tmp / "edge-config-data"
         config = self.tmp / "pipeline.yaml"
-        config.write_text(CONFIG_TEMPLATE.read_text().replace("@ORIGIN@", self.direct_url))
+        document = yaml.safe_load(CONFIG_TEMPLATE.read_text().replace("@ORIGIN@", self.direct_url))
+        tunnels = document["tunnels"]
+        tunnels["whole"] = json.loads(json.dumps({  # copies: the config format refuses YAML aliases
+            "hostnames": ["whole.bench.localhost"], "ingress": tunnels["rules20"]["ingress"],
+            "policy": tunnels["rules20"]["policy"], "worker": tunnels["custom"]["worker"], "metrics": WHOLE_METRICS}))
+        config.write_text(yaml.safe_dump(document, sort_keys=False))
         edge = self.procs.start("edge-config", [
             exe, "--log-level", "WARNING", "edge", "--public", f"127.0.0.1:{public}",
             "--connectors", f"127.0.0.1:{conn}", "--admin", f"127.0.0.1:{admin}",
@@ -474,12 +511,14 @@ class Bench:
             argv += ["-H", f"Host: {host}"]
         argv.append(f"{url}/1k.bin")
         cpu0 = tunnel_cpu_s(pids)
+        split0 = cpu_split_s(*pids) if len(pids) == 2 else None
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
                                  stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             raise BenchError(f"wrk did not finish within {seconds + 30:.0f} s ({path}, c={conns})") from None
         cpu1 = tunnel_cpu_s(pids)
+        split1 = cpu_split_s(*pids) if split0 is not None else None
         with open(self.tmp / "wrk.log", "a") as fh:
             fh.write(f"### {path} c={conns}\n{out.stdout}{out.stderr}\n")
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -489,8 +528,10 @@ class Bench:
         reqs = int(kv["reqs"])
         errors = {k[4:]: int(v) for k, v in kv.items() if k.startswith("err_") and int(v)}
         cpu = (cpu1 - cpu0) * 1e6 / reqs if pids and reqs else None
+        split = ({role: (split1[role] - split0[role]) * 1e6 / reqs for role in split0}
+                 if split0 is not None and reqs else None)
         return WrkResult(float(kv["rps"]), float(kv["p50_ms"]), float(kv["p99_ms"]), float(kv["max_ms"]),
-                         reqs, errors, cpu)
+                         reqs, errors, cpu, split)
 
     def download(self, path: str) -> DlResult:
         t = self.targets[path]
@@ -640,34 +681,46 @@ def wrk_row(label: str, rs: list[WrkResult], bases: list[list[WrkResult] | None]
 
 
 def report_pipeline(b: Bench, wrk: dict, args) -> None:
-    print("### worker pipeline (issue 6): 1 KiB GET, one edge with --config, a connector per tunnel")
+    print("### worker pipeline (issues 6, 11): 1 KiB GET, one edge with --config, a connector per tunnel")
     print()
     rows = []
     for c in PIPE_CONNS:
         d, bare = wrk[("direct", c)], wrk[("bare", c)]
-        rows.append(wrk_row(f"c={c} direct (nginx)", d, [None, None]))
-        rows.append(wrk_row(f"c={c} tunnel, edge without config", wrk[("tunnel", c)], [d, None]))
+        rows.append(wrk_row(f"c={c} direct (nginx)", d, [None, None]) + ["", ""])
         for key, _name, _host, label, _hdr in PIPELINE:
-            rows.append(wrk_row(f"c={c} {label}", wrk[(key, c)], [d, bare]))
+            rs = wrk[(key, c)]
+            added = med([r.p50_ms - x.p50_ms for r, x in zip(rs, bare)]) if rs is not bare else None
+            rows.append(wrk_row(f"c={c} {label}", rs, [d, bare]) + [f(added, 2) if added is not None else "",
+                                                                    split_cell(rs)])
     print(table(["path", "req/s", "vs direct", "vs bare", "p50 ms", "p99 ms", "p99 vs direct",
-                 "tunnel CPU µs/req", "requests", "errors (non-2xx = status)"], rows))
+                 "tunnel CPU µs/req", "requests", "errors (non-2xx = status)", "p50 − bare ms",
+                 "CPU µs/req: edge loop / shards / connector"], rows))
     print()
     print("bare: `tunnel tunnels create` on the config edge, no policy. empty: `policy: {}` and no worker; "
           "the edge then skips the tunnel worker (TunnelConfig.needs_worker is false), so bare and empty "
           "take the same path. 20-rule: 20 on_request rules that do not answer (header/query/cookie/IP/"
           "host matches, header rewrites, ip_restriction, two rate_limits of capacity 1e9, a feature flag) "
           "+ 2 on_response rules; custom: a worker that awaits env.TUNNEL.fetch(request) and sets a "
-          "response header. Before measuring, each answered 200 with the 1 KiB body, and 20-rule / custom "
-          "with the header their worker sets (X-Bench-Policy / X-Bench-Custom). Config template: "
-          "bench/configs/pipeline.yaml. The edge-without-config row is the old tables' tunnel (other edge).")
+          "response header; whole: the 20-rule policy, two custom metrics and the custom worker behind it "
+          "(env.CUSTOM). Before measuring, each answered 200 with the 1 KiB body and the header its worker "
+          "sets (X-Bench-Policy / X-Bench-Custom). Config template: bench/configs/pipeline.yaml. CPU split: "
+          "the edge's own process (event loop), its loader shard processes, the tunnel's connector.")
     print()
+
+
+def split_cell(rs: list[WrkResult]) -> str:
+    """Median µs/request of each role over the repeats, "edge / shards / connector"."""
+    splits = [r.cpu_split for r in rs if r.cpu_split]
+    if not splits:
+        return ""
+    return " / ".join(f(med([sp[role] for sp in splits])) for role in ("edge loop", "shards", "connector"))
 
 
 def report_tls(b: Bench, wrk: dict, dl: dict, args) -> None:
     print("### TLS on both hops (issue 8): wss:// connector link + HTTPS public listener")
     print()
     rows = []
-    for c in PIPE_CONNS:
+    for c in TLS_CONNS:
         d, plain = wrk[("direct", c)], wrk[("tunnel", c)]
         rows.append(wrk_row(f"c={c} direct (nginx, http)", d, [None, None]))
         rows.append(wrk_row(f"c={c} tunnel, plain ws + http", plain, [d, None]))
@@ -771,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         b.start_tunnel()
         log(f"origin {b.direct_url}, tunnel {b.tunnel_url} (Host: {HOSTNAME}); edge pid {b.edge.popen.pid}, "
             f"connector pid {b.connector.popen.pid}")
-        extra_keys: list[str] = []          # measured at PIPE_CONNS only
+        extra_keys: list[str] = []          # measured at the levels LEVELS gives them
         if not args.no_pipeline:
             b.start_pipeline()
             extra_keys += [key for key, *_ in PIPELINE]
@@ -787,12 +840,13 @@ def main(argv: list[str] | None = None) -> int:
             b.wrk(path, 16, 2)
         b.check_alive()
         wrk: dict = {(p, c): [] for p in ("direct", "tunnel") for c in CONNS}
-        wrk.update({(p, c): [] for p in extra_keys for c in PIPE_CONNS})
+        levels = {key: TLS_CONNS if key == "tls" else PIPE_CONNS for key in extra_keys}
+        wrk.update({(p, c): [] for p in extra_keys for c in levels[p]})
         dl_keys = ["direct", "tunnel"] + (["tls"] if "tls" in extra_keys else [])
         dl: dict = {k: [] for k in dl_keys}
         for rep in range(1, args.repeats + 1):
             for c in CONNS:
-                for path in ("direct", "tunnel", *(extra_keys if c in PIPE_CONNS else ())):
+                for path in ("direct", "tunnel", *(k for k in extra_keys if c in levels[k])):
                     r = b.wrk(path, c, args.duration)
                     wrk[(path, c)].append(r)
                     b.check_alive()
