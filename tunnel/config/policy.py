@@ -112,8 +112,8 @@ def _match(p: Problems, path: str, raw: Any, phase: str) -> Match | None:
         out["hosts"] = tuple(hosts)
     if "path" in m:
         globs = v.items(p, v.join(path, "path"), m["path"]) or []
-        out["paths"] = tuple(g for i, g in enumerate(globs)
-                             if check_path_glob(p, v.join(v.join(path, "path"), i), g) is not None)
+        checked = (check_path_glob(p, v.join(v.join(path, "path"), i), g) for i, g in enumerate(globs))
+        out["paths"] = tuple(g for g in checked if g is not None)  # normalised as request paths are
     if "method" in m:
         methods = v.items(p, v.join(path, "method"), m["method"]) or []
         out["methods"] = tuple(x.upper() for i, x in enumerate(methods)

@@ -60,7 +60,7 @@ class TunnelRegistry:
         if session is not None:
             return session
         if self._sessions.get(tunnel):
-            raise AtCapacity(f"every connection of tunnel {tunnel!r} carries its most concurrent streams")
+            raise AtCapacity(f"every connection of tunnel {tunnel!r} carries its most concurrent streams", retry_after=1)
         raise NoConnector(f"tunnel {tunnel!r} has no connector connected right now")
 
     def connections(self, tunnel: str) -> int:

@@ -128,14 +128,25 @@ class Shard(IsolateHost):
         transport, _ = await loop.create_unix_connection(lambda: _ShardProtocol(self, hello), sock=parent)
         try:
             await asyncio.wait_for(hello, _START_TIMEOUT_S)
-        except (asyncio.TimeoutError, ConnectionError) as exc:
+        except BaseException as exc:  # also cancelled (the loader closing): never leave the process behind
             transport.abort()
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            raise WorkerUnavailable(f"shard {self.index} did not start: {exc!r}", js_name="Error",
-                                    js_message="shard did not start") from None
+            self._reap()
+            if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
+                raise WorkerUnavailable(f"shard {self.index} did not start: {exc!r}", js_name="Error",
+                                        js_message="shard did not start") from None
+            raise
         self.transport = transport
+
+    def _reap(self) -> None:
+        """Kill the process (if it still runs) and wait for it."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel reaps SIGKILLed processes fast
+                pass
 
     # ------------------------------------------------------------------ busy and hung
     def working(self) -> tuple[tuple[int, int, int, bytes] | None, float]:
@@ -224,14 +235,7 @@ class Shard(IsolateHost):
             self.watchdog = None
         if transport is not None:
             transport.abort()
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel reaps SIGKILLed processes fast
-                pass
+        self._reap()
         self._out.clear()
         for inst in list(self.instances.values()):
             kind = "unavailable"
@@ -246,6 +250,7 @@ class Shard(IsolateHost):
         self.closed = True
         if self.transport is not None:
             self._lost(None, "closed")
+        self._reap()  # a process still starting
         if self.current is not None:
             self.current.close()
             self.current = None
