@@ -2,7 +2,7 @@
 
 The binding (quickjs-ng 0.17) cannot load modules: ``import`` of anything fails. So each ES
 module is rewritten, with a real parser (tree-sitter-javascript), into a self-contained ES
-module that talks to a small registry installed by the runtime (``js/runtime/40-modules.js``):
+module that talks to a small registry installed by the runtime (``js/runtime/opt-modules.js``):
 
 - import statements are blanked; their bindings become ``const`` snapshots taken from the
   registry in a prologue placed *on line 1*, so every line number of the source is preserved;
@@ -15,7 +15,24 @@ module that talks to a small registry installed by the runtime (``js/runtime/40-
 CommonJS modules are wrapped in ``function (exports, require, module, __filename, __dirname)``;
 text, json and data modules become registry values. Modules are evaluated dependency-first
 (post-order from the main module); cycles are rejected. Limitations are listed in docs/loader.md.
-This module is pure: it imports neither asyncio nor quickjs.
+
+Fast path (a *native* plan): a main ES module that cannot import anything — the word ``import``
+appears nowhere in it (no import statement, ``import.meta`` or ``import()``) and every ``export``
+is followed by a declaration keyword (``default``, ``const``, ``let``, ``var``, ``function``,
+``class``, ``async``; so no ``export {…}``, ``export *`` or ``… from``) — is evaluated as itself
+by QuickJS, without rewriting it: its module semantics are then QuickJS's own (exports, live
+bindings, line *and column* numbers exact; an anonymous default function or class is named
+``default``, as the standard says, not ``__qjs_default``). These are text checks, so they can only send a module
+to the full path needlessly (the word in a comment), never the reverse. A module under 4 KiB is
+still parsed here (cheap), so that its syntax errors are reported as before; a larger one is not
+parsed at all: if QuickJS rejects it, the engine links it again with ``plan(..., native=False)``,
+which reports exactly what the full path reports. Generated workers and most hand-written
+single-module workers take it: it saves the tree-sitter parse and queries (5.4 ms for the
+generated 20-rule policy's 26 KB; the text checks take 0.1 ms).
+
+``Plan.names`` are the optional globals (``GATED``: crypto, structuredClone, setTimeout, …) that
+the reachable modules may use, for the engine to instantiate only the parts of the runtime a
+worker can reach (see ``mentioned``). This module is pure: it imports neither asyncio nor quickjs.
 """
 
 from __future__ import annotations
@@ -31,14 +48,119 @@ import tree_sitter_javascript
 
 _LANGUAGE = tree_sitter.Language(tree_sitter_javascript.language())
 _PARSER = tree_sitter.Parser(_LANGUAGE)
+# run only on modules whose text contains "import" (meta, dyn) or, for CommonJS, "require"
 _QUERY = tree_sitter.Query(_LANGUAGE, """
 (meta_property) @meta
 (call_expression function: (import) @dyn)
 (call_expression function: (identifier) @req arguments: (arguments . (string) @reqarg .))
-((identifier) @url (#match? @url "^(URL|URLSearchParams)$"))
-((property_identifier) @urlprop (#match? @urlprop "^(URL|URLSearchParams)$"))
 """)
 _BLANK = re.compile(rb"[^\r\n]")
+# URL / URLSearchParams named in code: an identifier, a property (globalThis.URL), a shorthand
+# property ({URL}) or a destructured name (const {URL} = globalThis); never a comment or a string
+_URL_WORD = re.compile(rb"(?<![\w$])URL(?:SearchParams)?(?![\w$])")
+_URL_NODES = frozenset({"identifier", "property_identifier", "shorthand_property_identifier",
+                        "shorthand_property_identifier_pattern"})
+# a native module this small is still parsed (≈ 0.1 ms per KiB), so that its syntax errors are reported
+# here as for every other module; a larger one is left to QuickJS (see plan)
+_PARSE_NATIVE_BELOW = 4096
+_EXPORT_DECL = re.compile(r"export\s+(?:default|const|let|var|function|class|async)(?![\w$])")
+#: Globals of the runtime that are instantiated only for workers whose code names them (engine.py
+#: maps them to the optional parts of the runtime). URL and URLSearchParams are decided exactly
+#: (as identifiers, with tree-sitter); these conservatively (see ``mentioned``).
+GATED = ("crypto", "CryptoKey", "structuredClone", "TextEncoder", "TextDecoder", "setTimeout", "setInterval",
+         "clearTimeout", "clearInterval")
+
+
+def _words(src: str, name: str):
+    """Start offsets of ``name`` as a whole word (not inside a longer identifier) in ``src``.
+    (str.find, not a regex: a look-behind makes ``re`` step through every character.)"""
+    n = len(name)
+    at = src.find(name)
+    while at >= 0:
+        end = at + n
+        if (at == 0 or not (src[at - 1].isalnum() or src[at - 1] in "_$")) and \
+                (end == len(src) or not (src[end].isalnum() or src[end] in "_$")):
+            yield at
+        at = src.find(name, end)
+
+
+def _after_line_comment(src: str, at: int) -> bool:
+    """True when the text at ``at`` is certainly not code: it follows a ``//`` on its line, the part
+    of the line before that ``//`` holds no quote, backtick or slash (so the ``//`` starts a line
+    comment, or lies in a template literal's or block comment's text), and the rest of the line no
+    backtick or ``${`` (which could end a template literal, or open an expression in one)."""
+    start = src.rfind("\n", 0, at) + 1
+    k = src.find("//", start, at)
+    if k < 0:
+        return False
+    for c in "'\"`/":
+        if src.find(c, start, k) >= 0:
+            return False
+    end = src.find("\n", at)
+    if end < 0:
+        end = len(src)
+    return src.find("`", k, end) < 0 and src.find("${", k, end) < 0
+
+
+def mentioned(src: str, names=GATED) -> frozenset[str]:
+    """The ``names`` that ``src`` may use: each is counted if it occurs as a whole word anywhere but
+    after a line comment's ``//`` (see ``_after_line_comment``). Conservative: a name in a string
+    (``globalThis["crypto"]``) or a block comment counts; only names built at run time (``"cry" +
+    "pto"``) are missed, as for URL."""
+    found = set()
+    for probe, group in _probes(names):
+        if probe not in src:  # one scan of the text for names that share a part (crypto, CryptoKey)
+            continue
+        for name in group:
+            for at in _words(src, name):
+                if not _after_line_comment(src, at):
+                    found.add(name)
+                    break
+    return frozenset(found)
+
+
+_PROBES = {"crypto": "rypto", "CryptoKey": "rypto", "TextEncoder": "coder", "TextDecoder": "coder",
+           "setTimeout": "Timeout", "clearTimeout": "Timeout", "setInterval": "Interval", "clearInterval": "Interval",
+           "URL": "URL", "URLSearchParams": "URL"}
+_PROBE_GROUPS: dict[tuple, list] = {}
+
+
+def _probes(names) -> list[tuple[str, list[str]]]:
+    groups = _PROBE_GROUPS.get(names)
+    if groups is None:
+        by: dict[str, list[str]] = {}
+        for name in names:
+            by.setdefault(_PROBES.get(name, name), []).append(name)
+        groups = _PROBE_GROUPS[names] = list(by.items())
+    return groups
+
+
+def _url_in_tree(root: tree_sitter.Node, src: bytes) -> bool:
+    """Whether ``URL``/``URLSearchParams`` is an identifier or property somewhere in the parsed ``src``."""
+    for m in _URL_WORD.finditer(src):
+        node = root.descendant_for_byte_range(m.start(), m.end())
+        if node is not None and node.type in _URL_NODES and node.start_byte == m.start() and node.end_byte == m.end():
+            return True
+    return False
+
+
+def uses_url(src: str) -> bool:
+    """Whether the ES module ``src`` names ``URL`` or ``URLSearchParams`` in code (tree-sitter)."""
+    data = src.encode("utf-8", "surrogatepass")
+    if not _URL_WORD.search(data):
+        return False
+    return _url_in_tree(_PARSER.parse(data).root_node, data)
+
+
+def native_candidate(src: str) -> bool:
+    """Whether the ES module ``src`` can be evaluated as itself: it cannot import anything (see the
+    module docstring). A text check: it may refuse a module that would qualify, never the reverse."""
+    for _ in _words(src, "import"):
+        return False
+    for at in _words(src, "export"):
+        if not _EXPORT_DECL.match(src, at):
+            return False
+    return True
 
 
 class LinkError(Exception):
@@ -65,10 +187,19 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """The evaluation plan: steps in dependency order, and whether the URL polyfill is needed."""
+    """The evaluation plan: steps in dependency order, and whether the URL polyfill is needed.
+
+    ``native``: one step of kind ``native`` (the main module's own source, evaluated as itself);
+    ``main`` and ``modules`` are kept so that the engine can link the full way if QuickJS rejects
+    it. ``names``: the ``GATED`` globals the modules may use.
+    """
 
     steps: tuple[Step, ...]
     uses_url: bool
+    names: frozenset[str] = frozenset()
+    native: bool = False
+    main: str = ""
+    modules: dict | None = None
 
 
 def resolve(importer: str, spec: str, names: set[str] | dict) -> str | None:
@@ -179,10 +310,12 @@ class _Module:
         self.edits.append((node.start_byte, node.end_byte, _BLANK.sub(b" ", seg)))
 
     def _scan_dynamic(self) -> None:
-        captures = tree_sitter.QueryCursor(_QUERY).captures(self.root)
         # the URL polyfill is needed when URL or URLSearchParams is named in code (an identifier, or
         # a property such as globalThis.URL), never for the word in a comment or a string
-        self.uses_url = bool(captures.get("url") or captures.get("urlprop"))
+        self.uses_url = _url_in_tree(self.root, self.src)
+        if b"import" not in self.src and (self.kind != "cjs" or b"require" not in self.src):
+            return
+        captures = tree_sitter.QueryCursor(_QUERY).captures(self.root)
         for node in captures.get("meta", []):
             self.edits.append((node.start_byte, node.end_byte, f"__qjs_meta({_js(self.name)})".encode()))
         for node in captures.get("dyn", []):
@@ -315,29 +448,45 @@ class _Module:
         return out.decode("utf-8", "surrogatepass")
 
 
-def plan(main: str, modules: dict[str, tuple[str, object]]) -> Plan:
+def plan(main: str, modules: dict[str, tuple[str, object]], native: bool = True) -> Plan:
     """Link ``modules`` starting from ``main``.
 
     Args:
         main: the main module's name; it must be an ES module.
         modules: name → ``(kind, payload)`` with kind ``js``, ``cjs``, ``text``, ``json`` (payload:
             JSON text) or ``data`` (payload: bytes).
+        native: allow a native plan (see the module docstring); ``False``: always link the full way.
     Returns:
         The evaluation ``Plan`` (dependencies first, main last).
     Raises:
         LinkError: syntax error (with module name, line and column), missing module, bad import,
-            circular import, or a main module that is not an ES module.
+            circular import, or a main module that is not an ES module. A native plan for a main
+            module of 4 KiB or more is made without parsing it (the parse is what a native plan
+            saves): its syntax errors surface when QuickJS compiles it, and the engine then links
+            it with ``native=False``, which raises this same LinkError.
     """
     if main not in modules:
         raise LinkError("Error", f"No such module: {main}")
     if modules[main][0] != "js":
         raise LinkError("TypeError", "Main module must be an ES module.")
+    src = modules[main][1]
+    if native and isinstance(src, str) and native_candidate(src):
+        if len(src) < _PARSE_NATIVE_BELOW:  # cheap here: keep reporting its syntax errors as a LinkError
+            data = src.encode("utf-8", "surrogatepass")
+            root = _PARSER.parse(data).root_node
+            if root.has_error:
+                raise _syntax_error(main, data, root)
+            url = _url_in_tree(root, data)
+        else:  # only when it may be named in code (not a line comment) does it cost a parse
+            url = bool(mentioned(src, ("URL", "URLSearchParams"))) and uses_url(src)
+        return Plan((Step("native", main, src),), url, mentioned(src), True, main, modules)
     steps: list[Step] = []
     state: dict[str, int] = {}
-    uses_url = False
+    uses_url_ = False
+    names: set[str] = set()
 
     def visit(name: str, chain: list[str]) -> None:
-        nonlocal uses_url
+        nonlocal uses_url_
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
@@ -348,13 +497,16 @@ def plan(main: str, modules: dict[str, tuple[str, object]]) -> Plan:
         if kind in ("js", "cjs"):
             mod = _Module(name, "esm" if kind == "js" else "cjs", payload, modules)
             code = mod.rewrite()
-            uses_url = uses_url or mod.uses_url
+            uses_url_ = uses_url_ or mod.uses_url
+            names.update(mentioned(payload))
             for dep in mod.deps:
                 visit(dep, chain + [name])
             steps.append(Step("esm" if kind == "js" else "cjs", name, code))
         else:
+            if isinstance(payload, str):  # text and json modules too: a worker may evaluate a text module
+                names.update(mentioned(payload))
             steps.append(Step(kind, name, payload))
         state[name] = 2
 
     visit(main, [])
-    return Plan(tuple(steps), uses_url)
+    return Plan(tuple(steps), uses_url_, frozenset(names))

@@ -230,7 +230,7 @@ class Loader:
         load_cpu_limit_ms: CPU time for evaluating the modules of a worker.
         max_body_bytes: largest body a worker may read into memory with text()/json()/arrayBuffer().
         shards: shard processes for untrusted code (default: CPU count), plus one spare.
-        trusted_shards: shard processes for trusted code (``WorkerCode.trusted``; default 1).
+        trusted_shards: shard processes for trusted code (``WorkerCode.trusted``; default: CPU count).
         hang_timeout_s: a message that keeps its shard longer than this gets the shard killed and
             restarted (default, per isolate: ``max(1, 3 × max(cpu limit, load cpu limit)) + 0.5`` s).
             The CPU limit stops ordinary runaways long before; the watchdog is for native
@@ -246,11 +246,11 @@ class Loader:
     def __init__(self, *, cpu_limit_ms: float = 50, memory_limit_mb: float = 64, max_workers: int = 1000,
                  memory_budget_mb: float = 1024, idle_s: float = 300.0, failure_ttl_s: float = 5.0,
                  load_timeout_s: float = 10.0, load_cpu_limit_ms: float = 400,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None, trusted_shards: int = 1,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shards: int | None = None, trusted_shards: int | None = None,
                  hang_timeout_s: float | None = None, log_bytes_per_s: int = 65536,
                  busy_after_s: float = BUSY_AFTER_S, quarantine_after: int = STRIKES):
         if (cpu_limit_ms <= 0 or memory_limit_mb <= 0 or max_workers < 1 or shards is not None and shards < 1
-                or trusted_shards < 1 or log_bytes_per_s < 1):
+                or trusted_shards is not None and trusted_shards < 1 or log_bytes_per_s < 1):
             raise ValueError("limits must be positive")
         self.max_workers = max_workers
         self.memory_budget = int(memory_budget_mb * 1024 * 1024)
@@ -263,7 +263,8 @@ class Loader:
         def hang_s(lim: Limits) -> float:
             return hang_timeout_s if hang_timeout_s is not None else max(1.0, 3 * max(lim.cpu_s, lim.load_cpu_s)) + 0.5
 
-        self._pool = ShardPool(limits, shards or os.cpu_count() or 1, trusted_shards, hang_s, self._on_dead,
+        cpus = os.cpu_count() or 1
+        self._pool = ShardPool(limits, shards or cpus, trusted_shards or cpus, hang_s, self._on_dead,
                                self._on_memory, self._on_kill, busy_after_s, setup=self._setup_shard)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stats = {"hits": 0, "misses": 0, "loads": 0, "load_failures": 0, "evictions": 0, "reloads": 0,
@@ -443,7 +444,7 @@ class Loader:
         """``shard`` has been running one message for a while: the requests of other keys still
         queued behind it are sent to isolates of their keys elsewhere."""
         message, _ = shard.working()
-        if message is None:
+        if message is None or shard.group != "untrusted":  # trusted code is bounded: nothing moves off it
             return
         for inst, req in shard.queued(message[1]):
             entry = self._entries.get(inst.key)

@@ -1,5 +1,5 @@
 // Core of the runtime: built-ins it relies on, event queue, host ops, byte helpers.
-// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// Fragment of the runtime: engine.py concatenates js/runtime/[0-9]*.js in name order inside one
 // function ("use strict"), so these files share one private scope.
   const G = globalThis;
   // The built-ins the runtime calls, taken before any worker code runs: a worker may replace
@@ -52,8 +52,68 @@
   }
 
   // ---------------------------------------------------------------- bytes helpers
-  const enc = new TextEncoder();
-  const dec = new TextDecoder();
+  // UTF-8 for the runtime's own bodies (a string body read as bytes, a bytes body read as text).
+  // These are the algorithms of the vendored fast-text-encoding 1.0.6 (its encoder and decoder
+  // functions, unminified), so the result is what TextEncoder/TextDecoder give; the polyfill itself
+  // is only instantiated for workers that name TextEncoder or TextDecoder (opt-encoding).
+  function utf8Encode(str) {  // a lone surrogate is dropped, as the polyfill does
+    const len = str.length;
+    let pos = 0, at = 0, tlen = Math.max(32, len + (len >>> 1) + 7), target = new Uint8Array((tlen >>> 3) << 3);
+    while (pos < len) {
+      let value = str.charCodeAt(pos++);
+      if (value >= 0xd800 && value <= 0xdbff) {
+        if (pos < len) {
+          const extra = str.charCodeAt(pos);
+          if ((extra & 0xfc00) === 0xdc00) { ++pos; value = ((value & 0x3ff) << 10) + (extra & 0x3ff) + 0x10000; }
+        }
+        if (value >= 0xd800 && value <= 0xdbff) continue;
+      }
+      if (at + 4 > target.length) {
+        tlen += 8; tlen *= (1.0 + (pos / str.length) * 2); tlen = (tlen >>> 3) << 3;
+        const update = new Uint8Array(tlen);
+        update.set(target);
+        target = update;
+      }
+      if ((value & 0xffffff80) === 0) { target[at++] = value; continue; }
+      else if ((value & 0xfffff800) === 0) target[at++] = ((value >>> 6) & 0x1f) | 0xc0;
+      else if ((value & 0xffff0000) === 0) { target[at++] = ((value >>> 12) & 0x0f) | 0xe0; target[at++] = ((value >>> 6) & 0x3f) | 0x80; }
+      else if ((value & 0xffe00000) === 0) {
+        target[at++] = ((value >>> 18) & 0x07) | 0xf0; target[at++] = ((value >>> 12) & 0x3f) | 0x80;
+        target[at++] = ((value >>> 6) & 0x3f) | 0x80;
+      } else continue;
+      target[at++] = (value & 0x3f) | 0x80;
+    }
+    return target.slice(0, at);
+  }
+  function utf8Decode(bytes) {
+    let inputIndex = 0, pendingSize = Math.min(256 * 256, bytes.length + 1), pending = new Uint16Array(pendingSize),
+      at = 0;
+    const chunks = [];
+    for (;;) {
+      const more = inputIndex < bytes.length;
+      if (!more || at >= pendingSize - 1) {
+        chunks.push(String.fromCharCode.apply(null, pending.subarray(0, at)));
+        if (!more) return chunks.join('');
+        bytes = bytes.subarray(inputIndex); inputIndex = 0; at = 0;
+      }
+      const byte1 = bytes[inputIndex++];
+      if ((byte1 & 0x80) === 0) pending[at++] = byte1;
+      else if ((byte1 & 0xe0) === 0xc0) { const byte2 = bytes[inputIndex++] & 0x3f; pending[at++] = ((byte1 & 0x1f) << 6) | byte2; }
+      else if ((byte1 & 0xf0) === 0xe0) {
+        const byte2 = bytes[inputIndex++] & 0x3f, byte3 = bytes[inputIndex++] & 0x3f;
+        pending[at++] = ((byte1 & 0x1f) << 12) | (byte2 << 6) | byte3;
+      } else if ((byte1 & 0xf8) === 0xf0) {
+        const byte2 = bytes[inputIndex++] & 0x3f, byte3 = bytes[inputIndex++] & 0x3f, byte4 = bytes[inputIndex++] & 0x3f;
+        let codepoint = ((byte1 & 0x07) << 0x12) | (byte2 << 0x0c) | (byte3 << 0x06) | byte4;
+        if (codepoint > 0xffff) {
+          codepoint -= 0x10000;
+          pending[at++] = ((codepoint >>> 10) & 0x3ff) | 0xd800;
+          codepoint = 0xdc00 | (codepoint & 0x3ff);
+        }
+        pending[at++] = codepoint;
+      }
+    }
+  }
   function latin1ToBytes(s) {
     const n = s.length, u = new Uint8Array(n);
     for (let i = 0; i < n; i++) u[i] = s.charCodeAt(i);
@@ -77,50 +137,6 @@
     return err;
   }
 
-  // ---------------------------------------------------------------- randomness
-  // crypto.getRandomValues / randomUUID draw from a ChaCha20 generator with fast key erasure
-  // (each draw rekeys it first), seeded and reseeded with the host's os.urandom: any request size
-  // up to the Web Crypto maximum (65,536 bytes) is served at once, and no pool has to be kept.
-  const chachaKey = new Uint32Array(8);
-  const chachaState = new Uint32Array(16), chachaWork = new Uint32Array(16);
-  let chachaCounter = 0, drawnSinceSeed = 0;
-  const RESEED_BYTES = 1 << 20;
-  function chachaBlock(dst, off) {  // one 64-byte block of ChaCha20 (RFC 8439) with chachaKey
-    const s = chachaState, x = chachaWork;
-    s[0] = 0x61707865; s[1] = 0x3320646e; s[2] = 0x79622d32; s[3] = 0x6b206574;
-    for (let i = 0; i < 8; i++) s[4 + i] = chachaKey[i];
-    s[12] = chachaCounter++; s[13] = 0; s[14] = 0; s[15] = 0;
-    x.set(s);
-    for (let r = 0; r < 10; r++) {
-      qr(x, 0, 4, 8, 12); qr(x, 1, 5, 9, 13); qr(x, 2, 6, 10, 14); qr(x, 3, 7, 11, 15);
-      qr(x, 0, 5, 10, 15); qr(x, 1, 6, 11, 12); qr(x, 2, 7, 8, 13); qr(x, 3, 4, 9, 14);
-    }
-    for (let i = 0; i < 16; i++) {
-      const w = (x[i] + s[i]) >>> 0;
-      dst[off + 4 * i] = w & 255; dst[off + 4 * i + 1] = (w >>> 8) & 255;
-      dst[off + 4 * i + 2] = (w >>> 16) & 255; dst[off + 4 * i + 3] = w >>> 24;
-    }
-  }
-  function qr(x, a, b, c, d) {
-    x[a] = (x[a] + x[b]) | 0; x[d] ^= x[a]; x[d] = (x[d] << 16) | (x[d] >>> 16);
-    x[c] = (x[c] + x[d]) | 0; x[b] ^= x[c]; x[b] = (x[b] << 12) | (x[b] >>> 20);
-    x[a] = (x[a] + x[b]) | 0; x[d] ^= x[a]; x[d] = (x[d] << 8) | (x[d] >>> 24);
-    x[c] = (x[c] + x[d]) | 0; x[b] ^= x[c]; x[b] = (x[b] << 7) | (x[b] >>> 25);
-  }
-  function seedRandom(text) {  // 32 latin-1 characters of host entropy, mixed into the key
-    for (let i = 0; i < 8; i++) {
-      chachaKey[i] ^= (text.charCodeAt(4 * i) | (text.charCodeAt(4 * i + 1) << 8) |
-                       (text.charCodeAt(4 * i + 2) << 16) | (text.charCodeAt(4 * i + 3) << 24)) >>> 0;
-    }
-    drawnSinceSeed = 0;
-  }
-  function randomBytes(u) {  // fill the Uint8Array u
-    const n = u.length, blocks = (n + 32 + 63) >> 6, buf = new Uint8Array(blocks * 64);
-    for (let b = 0; b < blocks; b++) chachaBlock(buf, b * 64);
-    for (let i = 0; i < 8; i++) chachaKey[i] = buf[4 * i] | (buf[4 * i + 1] << 8) | (buf[4 * i + 2] << 16) | (buf[4 * i + 3] << 24);
-    chachaCounter = 0;
-    u.set(buf.subarray(32, 32 + n));
-    buf.fill(0);
-    drawnSinceSeed += n;
-    if (drawnSinceSeed > RESEED_BYTES) { drawnSinceSeed = -Infinity; emit({t: 'entropy'}); }
-  }
+  // Randomness (crypto.getRandomValues, randomUUID) lives in opt-crypto.js; it replaces this hook,
+  // which the host calls with 32 latin-1 characters of entropy at init and on reseed.
+  let seedRandom = (_text) => {};

@@ -1,5 +1,5 @@
 // Headers and body state (host handles, strings, bytes); the minimal ReadableStream.
-// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// Fragment of the runtime: engine.py concatenates js/runtime/[0-9]*.js in name order inside one
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- Headers
   const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -199,7 +199,7 @@
   async function readBytes(st) {
     if (st.k === 'none') return new Uint8Array(0);
     take(st);
-    if (st.k === 'str') return enc.encode(st.v);
+    if (st.k === 'str') return utf8Encode(st.v);
     if (st.k === 'bytes') return st.v;
     return latin1ToBytes(await op({op: 'read', h: st.h, mode: 'bin'}));
   }
@@ -207,7 +207,7 @@
     if (st.k === 'none') return '';
     take(st);
     if (st.k === 'str') return st.v;
-    if (st.k === 'bytes') return dec.decode(st.v);
+    if (st.k === 'bytes') return utf8Decode(st.v);
     return await op({op: 'read', h: st.h, mode: 'text'});
   }
   function serBody(st) {
@@ -220,10 +220,10 @@
   const bodyMixin = {
     get body() { const st = this.__b; return st.k === 'none' ? null : new ReadableStream(__internal, st); },
     get bodyUsed() { return this.__b.used; },
-    async text() { return readText(this.__b); },
+    async text() { return await readText(this.__b); },  // await: a returned promise would be resolved through its `then`, which a worker may replace
     async json() { return JSON.parse(await readText(this.__b)); },
     async arrayBuffer() { const u = await readBytes(this.__b); return u.buffer.byteLength === u.byteLength ? u.buffer : u.slice().buffer; },
-    async bytes() { return readBytes(this.__b); },
+    async bytes() { return await readBytes(this.__b); },
     async formData() { throw new TypeError('formData() is not supported by this runtime'); },
     async blob() { throw new TypeError('blob() is not supported by this runtime'); },
   };

@@ -1,5 +1,5 @@
 // Request, Response and their wire (de)serialisation; binding stubs.
-// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// Fragment of the runtime: engine.py concatenates js/runtime/[0-9]*.js in name order inside one
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- Request / Response
   const METHODS = ['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH'];
@@ -132,29 +132,4 @@
     if (v.bin !== undefined) return latin1ToBytes(v.bin).buffer;
     return v.v;
   }
-  function callBinding(target, method, args) {
-    // like a Workers service binding, fetch("https://…") means fetch(new Request("https://…"))
-    if (method === 'fetch' && args.length && (typeof args[0] === 'string' || (G.URL && args[0] instanceof G.URL))) {
-      args = [new Request(args[0]), ...arrSlice(args, 1)];
-    }
-    const a = new Array(args.length);
-    for (let i = 0; i < args.length; i++) a[i] = serArg(args[i]);
-    const rid = turnRid;
-    return pThen(op({op: 'call', b: target, m: method, a}), (v) => fromResult(v, rid));
-  }
-  const NOT_METHODS = new Set_(['then', 'toJSON', 'constructor', 'valueOf', 'toString', 'inspect']);
-  function makeBinding(name) {
-    const methods = new Map_();  // one function per method name, made on first use
-    return new Proxy(Object.freeze(Object.create(null)), {
-      get(_t, prop) {
-        if (typeof prop !== 'string' || setHas(NOT_METHODS, prop) || strSlice(prop, 0, 1) === '_') return undefined;
-        let fn = mapGet(methods, prop);
-        if (fn === undefined) {
-          fn = (...args) => callBinding(name, prop, args);
-          if (mapSize(methods) < 256) mapSet(methods, prop, fn);
-        }
-        return fn;
-      },
-      set() { return false; }, has(_t, p) { return typeof p === 'string' && strSlice(p, 0, 1) !== '_'; },
-    });
-  }
+  let makeBinding = null;  // opt-bindings.js: env bindings (the host says which env entries are bindings)

@@ -1,62 +1,12 @@
-// The module registry the linker's rewritten modules talk to (see linker.py).
-// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// How the core registers a worker's modules (see linker.py and engine.py).
+// Fragment of the runtime: engine.py concatenates js/runtime/[0-9]*.js in name order inside one
 // function ("use strict"), so these files share one private scope.
-  // ---------------------------------------------------------------- module registry (see linker.py)
-  function normalize(from, spec) {
-    spec = String(spec);
-    let parts;
-    if (spec.startsWith('./') || spec.startsWith('../')) parts = from.split('/').slice(0, -1).concat(spec.split('/'));
-    else parts = spec.replace(/^\/+/, '').split('/');
-    const outp = [];
-    for (const p of parts) { if (p === '..') { if (!outp.length) return null; outp.pop(); } else if (p !== '.' && p !== '') outp.push(p); }
-    return outp.join('/');
+  // A single ES module without imports is evaluated as itself (no rewriting): engine.py compiles it
+  // (ctx.module, or precompiled bytecode for trusted code) and hands over the promise of its
+  // namespace (import() of it), which lands in the registry under the module's name. Workers linked by rewriting get the registry functions of
+  // opt-modules.js instead (__qjs_def, __qjs_ns, …).
+  function moduleFailed(name, e) {
+    emit({t: 'modfail', name, ename: String((e && e.name) || 'Error'), message: String(e && e.message !== undefined ? e.message : e), stack: String((e && e.stack) || '')});
   }
-  function namespace(getters, stars) {
-    const ns = Object.create(null);
-    Object.defineProperties(ns, Object.getOwnPropertyDescriptors(getters));
-    for (const s of stars) {
-      const dep = registry.get(s);
-      for (const k of Object.keys(dep)) {
-        if (k !== 'default' && !(k in ns)) Object.defineProperty(ns, k, {get: () => dep[k], enumerable: true});
-      }
-    }
-    for (const k of Object.keys(ns)) Object.defineProperty(ns, k, {enumerable: true});
-    def(ns, Symbol.toStringTag, 'Module');
-    return Object.preventExtensions(ns);
-  }
-  def(G, '__qjs_def', (name, getters, stars) => { registry.set(name, namespace(getters, stars)); });
-  def(G, '__qjs_ns', (name) => registry.get(name));
-  def(G, '__qjs_pick', (from, name, names) => {
-    const ns = registry.get(name);
-    return names.map((n) => {
-      if (!(n in ns)) throw new SyntaxError(`The requested module '${name}' does not provide an export named '${n}' (imported from '${from}')`);
-      return ns[n];
-    });
-  });
-  def(G, '__qjs_meta', (name) => ({url: `worker:///${name}`}));
-  def(G, '__qjs_dyn', (from) => (spec) => {
-    const name = normalize(from, spec);
-    const ns = name !== null && registry.get(name);
-    return ns ? Promise.resolve(ns) : Promise.reject(new Error(`No such module "${spec}" (dynamic imports resolve only modules of the upload named by a string literal)`));
-  });
-  function valueNs(v) { return namespace({get default() { return v; }}, []); }
-  const plain = new Map();  // CommonJS module.exports and text/json/data values, for require()
-  def(G, '__qjs_cjs', (name, fn) => {
-    const module = {exports: {}};
-    const require = (spec) => {
-      const target = normalize(name, spec);
-      if (target !== null && plain.has(target)) return plain.get(target);
-      const ns = target !== null && registry.get(target);
-      if (!ns) throw new Error(`Cannot find module '${spec}' (required from '${name}')`);
-      return ns;
-    };
-    fn.call(module.exports, module.exports, require, module, name, name.split('/').slice(0, -1).join('/'));
-    const exp = module.exports;
-    plain.set(name, exp);
-    const getters = {get default() { return exp; }};
-    if (exp && typeof exp === 'object') {
-      for (const k of Object.keys(exp)) if (k !== 'default') Object.defineProperty(getters, k, {get: () => exp[k], enumerable: true});
-    }
-    registry.set(name, namespace(getters, []));
-  });
-
+  def(G, '__qjs_native', (p, name) => { pThen(p, (ns) => { mapSet(registry, name, ns); }, (e) => moduleFailed(name, e)); });
+  let valueModule = null;  // opt-modules.js: the host's 'value' message (text/json/data modules)

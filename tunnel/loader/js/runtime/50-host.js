@@ -1,5 +1,5 @@
 // Request dispatch and the host interface (__qjs_host / __qjs_flush).
-// Fragment of the runtime: engine.py concatenates js/runtime/*.js in name order inside one
+// Fragment of the runtime: engine.py concatenates js/runtime/[0-9]*.js in name order inside one
 // function ("use strict"), so these files share one private scope.
   // ---------------------------------------------------------------- host interface
   const RUNTIME_FRAME = /^\s+at (dispatch|host|respond|failed|finish|callBinding|fromResult) \(/;
@@ -113,14 +113,7 @@
         handler = h;
         break;
       }
-      case 'value': {
-        let v = payload;
-        if (m.kind === 'json') v = parse(payload);
-        else if (m.kind === 'data') v = latin1ToBytes(payload).buffer;
-        mapSet(plain, m.name, v);
-        mapSet(registry, m.name, valueNs(v));
-        break;
-      }
+      case 'value': valueModule(m, payload); break;  // opt-modules.js
       default: throw new Error_('unknown host message ' + m.t);
     }
   }
@@ -145,6 +138,12 @@
   }
   def(G, '__qjs_host', host);
   def(G, '__qjs_flush', flush);
-  def(G, '__qjs_watch', (p, name) => {
-    pThen(p, () => {}, (e) => emit({t: 'modfail', name, ename: String((e && e.name) || 'Error'), message: String(e && e.message !== undefined ? e.message : e), stack: String((e && e.stack) || '')}));
-  });
+  def(G, '__qjs_watch', (p, name) => { pThen(p, () => {}, (e) => moduleFailed(name, e)); });
+  // The core's internals for the optional parts (opt-*.js): engine.py evaluates each as
+  // __qjs_ext(function (R) {…}) after this core and before 'init', then deletes __qjs_ext with the
+  // other host functions, before any worker code runs.
+  const R = {def, emit, op, toBytes, bytesToB64, fromResult, serArg, latin1ToBytes, parse, apply, pThen, mapGet, mapSet,
+    mapDelete, mapSize, setHas, strSlice, arrSlice, Set_, Map_, Request, registry, timers, GLOBALS, internal: __internal,
+    currentRid: () => turnRid, seed: (fn) => { seedRandom = fn; }, setValue: (fn) => { valueModule = fn; },
+    setBinding: (fn) => { makeBinding = fn; }};
+  def(G, '__qjs_ext', (piece) => { piece(R); });
